@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up (Debian packages) and runs every test suite. Run as root: the tests capture on real
+# interfaces, create network and PID namespaces, and start real servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --bins
+cargo test --release -- --test-threads=4
+for suite in bench/ci.sh k8s/check.sh tests/e2e/run.sh; do
+  if [ -x "$suite" ]; then echo "== $suite"; "$suite"; fi
+done

@@ -1,0 +1,246 @@
+//! Raw capture flags -> a validated [`CaptureConfig`]. Every check that does not need the
+//! network or the disk happens here, once, with a message that names the flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::rotate::RotatePolicy;
+use super::source::BUF_SIZE;
+use crate::cli::{CaptureArgs, TimePrecision};
+use crate::config::{parse_duration, parse_size};
+
+/// libpcap's largest snapshot length for most link types; `-s 0` means this, as in tcpdump.
+pub const MAX_SNAPLEN: u32 = 262_144;
+
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub interface: String,
+    pub dir: std::path::PathBuf,
+    pub prefix: String,
+    pub filter: Option<String>,
+    pub snaplen: u32,
+    pub buffer_size: u64,
+    pub promisc: bool,
+    pub rotate: RotatePolicy,
+    pub max_files: Option<u64>,
+    pub max_total_size: Option<u64>,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    pub flush_interval: Duration,
+    /// Write buffers the queue may hold (queue size / buffer size).
+    pub queue_buffers: usize,
+    pub nano: bool,
+    pub listen: Option<SocketAddr>,
+}
+
+fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("{name}: {e}"))
+}
+
+impl CaptureConfig {
+    pub fn from_args(a: &CaptureArgs) -> Result<CaptureConfig, String> {
+        let filter = match (&a.filter, a.expression.is_empty()) {
+            (Some(f), _) => Some(f.clone()),
+            (None, false) => Some(a.expression.join(" ")),
+            (None, true) => None,
+        }
+        .filter(|f| !f.trim().is_empty());
+        if a.interface.is_empty() {
+            return Err("--interface: must not be empty".into());
+        }
+        validate_prefix(&a.prefix)?;
+        let snaplen = match a.snaplen {
+            0 => MAX_SNAPLEN,
+            s if s > MAX_SNAPLEN => {
+                return Err(format!(
+                    "--snaplen: {s} is larger than {MAX_SNAPLEN} (use 0 for the maximum)"
+                ))
+            }
+            s => s,
+        };
+        let buffer_size = flag("--buffer-size", parse_size(&a.buffer_size, 1024))?;
+        if !(64 << 10..=1 << 30).contains(&buffer_size) {
+            return Err(format!(
+                "--buffer-size: {} is outside 64KiB..1GiB",
+                a.buffer_size
+            ));
+        }
+        let mut rotate_size = a
+            .rotate_size
+            .as_deref()
+            .map(|s| flag("--rotate-size", parse_size(s, 1_000_000)))
+            .transpose()?;
+        if rotate_size.is_some_and(|s| s < 1024) {
+            return Err("--rotate-size: must be at least 1KiB".into());
+        }
+        let rotate_interval = a
+            .rotate_interval
+            .as_deref()
+            .map(|s| flag("--rotate-interval", parse_duration(s)))
+            .transpose()?;
+        if rotate_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err("--rotate-interval: must be at least 1s".into());
+        }
+        let max_total_size = a
+            .max_total_size
+            .as_deref()
+            .map(|s| flag("--max-total-size", parse_size(s, 1)))
+            .transpose()?;
+        if let Some(max) = max_total_size {
+            let min = 4 * (BUF_SIZE as u64);
+            if max < min {
+                return Err(format!(
+                    "--max-total-size: must be at least {} (4 write buffers)",
+                    crate::config::human_bytes(min)
+                ));
+            }
+            match rotate_size {
+                None => rotate_size = Some(max / 8),
+                Some(r) if r > max / 2 => {
+                    return Err(format!(
+                        "--rotate-size ({r} bytes) must be at most half of --max-total-size ({max} bytes), so a finished file can be deleted while the next one is written"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(w) = a.max_files {
+            if w < 2 {
+                return Err("--max-files: must be at least 2 (the file being written and one finished file)".into());
+            }
+            if rotate_size.is_none() && rotate_interval.is_none() {
+                return Err("--max-files needs --rotate-size, --rotate-interval or --max-total-size: without rotation there is only one file".into());
+            }
+        }
+        if a.count == Some(0) {
+            return Err("--count: must be at least 1".into());
+        }
+        let duration = a
+            .duration
+            .as_deref()
+            .map(|s| flag("--duration", parse_duration(s)))
+            .transpose()?;
+        if duration == Some(Duration::ZERO) {
+            return Err("--duration: must be more than 0".into());
+        }
+        let flush_interval = flag("--flush-interval", parse_duration(&a.flush_interval))?;
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&flush_interval) {
+            return Err("--flush-interval: must be between 10ms and 1h".into());
+        }
+        let queue_size = flag("--queue-size", parse_size(&a.queue_size, 1))?;
+        let queue_buffers = (queue_size / BUF_SIZE as u64) as usize;
+        if queue_buffers < 2 {
+            return Err("--queue-size: must be at least 2MiB".into());
+        }
+        let listen = crate::admin::parse_listen(&a.listen)?;
+        Ok(CaptureConfig {
+            interface: a.interface.clone(),
+            dir: a.dir.clone(),
+            prefix: a.prefix.clone(),
+            filter,
+            snaplen,
+            buffer_size,
+            promisc: !a.no_promiscuous,
+            rotate: RotatePolicy {
+                size: rotate_size,
+                interval: rotate_interval,
+            },
+            max_files: a.max_files.map(u64::from),
+            max_total_size,
+            count: a.count,
+            duration,
+            flush_interval,
+            queue_buffers,
+            nano: a.time_precision == TimePrecision::Nano,
+            listen,
+        })
+    }
+}
+
+/// A prefix becomes part of file names on a shared volume: keep it to a safe alphabet.
+pub fn validate_prefix(p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.len() <= 100
+        && !p.starts_with('.')
+        && !p.starts_with('-')
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("--prefix: {p:?} must be 1-100 characters of A-Z a-z 0-9 . _ - and not start with . or -"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cfg(args: &[&str]) -> Result<CaptureConfig, String> {
+        let mut v = vec!["sidecap", "capture"];
+        v.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+        match cli.command {
+            crate::cli::Command::Capture(a) => CaptureConfig::from_args(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.interface, "any");
+        assert_eq!(c.snaplen, 262_144);
+        assert_eq!(c.buffer_size, 32 << 20);
+        assert!(c.promisc);
+        assert_eq!(c.rotate, RotatePolicy::default());
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.queue_buffers, 64);
+        assert!(c.filter.is_none());
+    }
+
+    #[test]
+    fn tcpdump_style_units_and_trailing_filter() {
+        let c = cfg(&[
+            "-C", "100", "-B", "4096", "-G", "300", "-W", "5", "-s", "0", "udp", "port", "53",
+        ])
+        .unwrap();
+        assert_eq!(c.rotate.size, Some(100_000_000));
+        assert_eq!(c.buffer_size, 4 << 20);
+        assert_eq!(c.rotate.interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.max_files, Some(5));
+        assert_eq!(c.snaplen, MAX_SNAPLEN);
+        assert_eq!(c.filter.as_deref(), Some("udp port 53"));
+    }
+
+    #[test]
+    fn max_total_size_sets_a_rotation_size() {
+        let c = cfg(&["--max-total-size", "80MiB"]).unwrap();
+        assert_eq!(c.rotate.size, Some(10 << 20));
+    }
+
+    #[test]
+    fn impossible_combinations_are_refused() {
+        assert!(cfg(&["-W", "3"])
+            .unwrap_err()
+            .contains("needs --rotate-size"));
+        assert!(cfg(&["-W", "1", "-C", "1"])
+            .unwrap_err()
+            .contains("at least 2"));
+        assert!(cfg(&["--max-total-size", "10MiB", "-C", "6MiB"])
+            .unwrap_err()
+            .contains("at most half"));
+        assert!(cfg(&["--max-total-size", "1MiB"])
+            .unwrap_err()
+            .contains("at least"));
+        assert!(cfg(&["-c", "0"]).unwrap_err().contains("--count"));
+        assert!(cfg(&["-s", "300000"]).unwrap_err().contains("--snaplen"));
+        assert!(cfg(&["--prefix", "../x"]).unwrap_err().contains("--prefix"));
+        assert!(cfg(&["--listen", "nope"]).unwrap_err().contains("--listen"));
+        assert!(
+            cfg(&["--filter", "tcp", "udp"]).is_err(),
+            "--filter and an expression conflict"
+        );
+    }
+}

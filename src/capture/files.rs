@@ -1,0 +1,373 @@
+//! The file contract on the shared volume, which the uploader and users rely on:
+//!
+//! - A file being written is `<prefix>-<UTC YYYYMMDDTHHMMSSZ>-<seq>.pcap.part`. When it is
+//!   complete (rotation or shutdown) it is fsynced and renamed to `.pcap`. Nothing but the ring
+//!   bound ever deletes a `.pcap`, and nothing renames one.
+//! - `<seq>` continues across restarts in the same directory (max existing + 1) and files are
+//!   created with O_EXCL, so a restarted capture never overwrites or appends to an old file.
+//! - `<prefix>.lock` is flock(2)ed by the running capture for its whole life. A free lock with
+//!   no marker means the capture died (or never started).
+//! - `<prefix>.done` is a small JSON marker written atomically, last, on every stop the process
+//!   survives (clean or not): the uploader uses it to know the capture is final.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Permissions of everything we create: captured packets are sensitive. Group read lets an
+/// uploader sidecar that shares our group (fsGroup) read the files.
+pub const FILE_MODE: u32 = 0o640;
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub prefix: String,
+}
+
+/// One of our capture files found in the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureFile {
+    pub path: PathBuf,
+    pub name: String,
+    pub seq: u64,
+    /// `.pcap` (complete) rather than `.pcap.part`.
+    pub finished: bool,
+    pub size: u64,
+}
+
+impl Layout {
+    pub fn new(dir: impl Into<PathBuf>, prefix: impl Into<String>) -> Self {
+        Layout {
+            dir: dir.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn part_name(&self, at: SystemTime, seq: u64) -> String {
+        format!("{}-{}-{seq:06}.pcap.part", self.prefix, compact_utc(at))
+    }
+
+    pub fn marker_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.done", self.prefix))
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.lock", self.prefix))
+    }
+
+    /// Parses one of our file names: returns (seq, finished).
+    pub fn parse_name(&self, name: &str) -> Option<(u64, bool)> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('-')?;
+        let (rest, finished) = match rest.strip_suffix(".pcap.part") {
+            Some(r) => (r, false),
+            None => (rest.strip_suffix(".pcap")?, true),
+        };
+        let (ts, seq) = rest.split_once('-')?;
+        let ts_ok = ts.len() == 16
+            && ts.as_bytes()[8] == b'T'
+            && ts.as_bytes()[15] == b'Z'
+            && ts
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == 8 || i == 15 || b.is_ascii_digit());
+        if !ts_ok || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((seq.parse().ok()?, finished))
+    }
+
+    /// Our files in the directory, oldest (lowest seq) first.
+    pub fn list(&self) -> io::Result<Vec<CaptureFile>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let name = match e.file_name().into_string() {
+                Ok(n) => n,
+                Err(_) => continue,
+            };
+            if let Some((seq, finished)) = self.parse_name(&name) {
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push(CaptureFile {
+                    path: e.path(),
+                    name,
+                    seq,
+                    finished,
+                    size,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Is a capture process holding the lock right now?
+    pub fn capture_running(&self) -> bool {
+        let f = match File::open(self.lock_path()) {
+            Ok(f) => f,
+            Err(_) => return false,
+        };
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(_held) => false, // released on drop
+            Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+        }
+    }
+
+    /// Reads the done marker if there is one.
+    pub fn read_marker(&self) -> Option<DoneMarker> {
+        let data = fs::read(self.marker_path()).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+}
+
+/// `2026-11-22T15:41:23Z` -> `20261122T154123Z`.
+pub fn compact_utc(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect()
+}
+
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The exclusive lock a running capture holds on `<prefix>.lock`.
+pub struct CaptureLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another sidecap capture (pid {pid}) is writing to {dir} with prefix {prefix:?}; use another --prefix or directory")]
+    Busy {
+        pid: String,
+        dir: String,
+        prefix: String,
+    },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl CaptureLock {
+    pub fn acquire(layout: &Layout) -> Result<CaptureLock, LockError> {
+        let path = layout.lock_path();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)?;
+        let mut lock = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            Ok(l) => l,
+            Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                let pid = fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Err(LockError::Busy {
+                    pid,
+                    dir: layout.dir.display().to_string(),
+                    prefix: layout.prefix.clone(),
+                });
+            }
+            Err((_, errno)) => return Err(io::Error::from(errno).into()),
+        };
+        lock.set_len(0)?;
+        writeln!(&mut *lock, "{}", std::process::id())?;
+        Ok(CaptureLock { _lock: lock })
+    }
+}
+
+/// Kernel statistics as libpcap reports them, with what they mean.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelStats {
+    pub received: u64,
+    pub dropped: u64,
+    pub interface_dropped: u64,
+    pub note: String,
+}
+
+/// The clean-shutdown marker, `<prefix>.done`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DoneMarker {
+    pub version: u32,
+    pub sidecap_version: String,
+    pub interface: String,
+    pub linktype: u32,
+    pub snaplen: u32,
+    pub started_at: String,
+    pub ended_at: String,
+    /// Why it stopped: "signal SIGTERM", "count reached", "duration reached", or the error.
+    pub reason: String,
+    /// True when everything captured was written and finalized.
+    pub clean: bool,
+    pub exit_code: u8,
+    pub packets_captured: u64,
+    pub packets_written: u64,
+    pub bytes_written: u64,
+    /// Packets captured but not written (disk full, size bound).
+    pub disk_dropped_packets: u64,
+    pub kernel: KernelStats,
+    /// Files finished by this run, oldest first (names in the same directory).
+    pub files: Vec<String>,
+    pub files_deleted: u64,
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The ring bound: which finished files to delete so that a count and a total size hold.
+/// Pure bookkeeping; the writer does the deleting.
+#[derive(Debug, Default)]
+pub struct Ring {
+    pub max_files: Option<u64>,
+    pub max_total: Option<u64>,
+    finished: VecDeque<(PathBuf, u64)>,
+    finished_bytes: u64,
+}
+
+impl Ring {
+    pub fn new(max_files: Option<u64>, max_total: Option<u64>) -> Self {
+        Ring {
+            max_files,
+            max_total,
+            ..Default::default()
+        }
+    }
+
+    /// Records a finished file (oldest first).
+    pub fn push(&mut self, path: PathBuf, size: u64) {
+        self.finished_bytes += size;
+        self.finished.push_back((path, size));
+    }
+
+    pub fn finished_bytes(&self) -> u64 {
+        self.finished_bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.finished.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.finished.is_empty()
+    }
+
+    /// Files to delete, oldest first, so that `open_files` more files fit under the count and
+    /// `open_bytes` more bytes fit under the total. Returns them removed from the ring.
+    pub fn evict(&mut self, open_files: u64, open_bytes: u64) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        loop {
+            let over_count = self
+                .max_files
+                .is_some_and(|m| self.finished.len() as u64 + open_files > m);
+            let over_size = self
+                .max_total
+                .is_some_and(|m| self.finished_bytes + open_bytes > m);
+            if !(over_count || over_size) {
+                break;
+            }
+            match self.finished.pop_front() {
+                Some((p, s)) => {
+                    self.finished_bytes -= s;
+                    out.push((p, s));
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn names_round_trip() {
+        let l = Layout::new("/x", "my-cap");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_362_083);
+        let n = l.part_name(t, 7);
+        assert_eq!(n, "my-cap-20261122T154123Z-000007.pcap.part");
+        assert_eq!(l.parse_name(&n), Some((7, false)));
+        assert_eq!(l.parse_name(n.trim_end_matches(".part")), Some((7, true)));
+        assert_eq!(l.parse_name("my-cap.done"), None);
+        assert_eq!(l.parse_name("my-cap-2026-000001.pcap"), None);
+        assert_eq!(l.parse_name("other-20261122T154123Z-000001.pcap"), None);
+        // A prefix that is itself a prefix of another capture's must not claim its files.
+        assert_eq!(Layout::new("/x", "my").parse_name(&n), None);
+    }
+
+    #[test]
+    fn ring_evicts_oldest_by_count_and_size() {
+        let mut r = Ring::new(Some(3), Some(100));
+        for i in 0..3 {
+            r.push(PathBuf::from(format!("f{i}")), 30);
+        }
+        // Opening a fourth file: count 3+1 > 3 -> delete f0.
+        let d = r.evict(1, 24);
+        assert_eq!(d, vec![(PathBuf::from("f0"), 30)]);
+        // 60 finished + 50 incoming > 100 -> delete f1.
+        let d = r.evict(1, 50);
+        assert_eq!(d, vec![(PathBuf::from("f1"), 30)]);
+        assert_eq!(r.finished_bytes(), 30);
+        // Nothing left to delete still terminates.
+        let d = r.evict(1, 1000);
+        assert_eq!(d.len(), 1);
+        assert!(r.is_empty());
+        assert!(r.evict(1, 1000).is_empty());
+    }
+
+    #[test]
+    fn ring_invariant_holds_for_any_sequence() {
+        // Property: after evict(open, incoming), finished+incoming <= max_total whenever
+        // anything remains, and the count bound holds.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let max_total = 1000 + next() % 10_000;
+            let max_files = 2 + next() % 10;
+            let mut r = Ring::new(Some(max_files), Some(max_total));
+            for i in 0..100 {
+                let incoming = 1 + next() % (max_total / 2);
+                r.evict(1, incoming);
+                assert!((r.len() as u64) < max_files);
+                assert!(r.is_empty() || r.finished_bytes() + incoming <= max_total);
+                r.push(PathBuf::from(i.to_string()), incoming);
+            }
+        }
+    }
+}

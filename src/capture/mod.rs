@@ -1,0 +1,226 @@
+//! `sidecap capture`: the capture agent. [`run`] wires the pieces: validated config, directory
+//! lock, admin server, libpcap handle, writer thread, capture thread, and the done marker that
+//! is written last on every stop the process survives.
+
+pub mod config;
+pub mod files;
+pub mod rotate;
+pub mod source;
+pub mod writer;
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::Method;
+
+use crate::admin;
+use crate::cli::CaptureArgs;
+use crate::exit::{self, ExitStatus};
+use crate::metrics::CaptureMetrics;
+use crate::pcapfile;
+use crate::process::Shutdown;
+use config::CaptureConfig;
+use files::{CaptureLock, DoneMarker, Layout, LockError, Ring};
+use writer::Writer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{0}")]
+    Config(String),
+    #[error("unknown interface {name:?}; available interfaces: {available}")]
+    UnknownInterface { name: String, available: String },
+    #[error("invalid filter {filter:?}: {msg}")]
+    Filter { filter: String, msg: String },
+    #[error("{0}")]
+    Permission(String),
+    #[error("cannot open {interface}: {msg}")]
+    Open { interface: String, msg: String },
+    #[error("{0}")]
+    Io(String),
+    /// The capture ran and stopped on an error; its files are finalized.
+    #[error("capture stopped: {0}")]
+    Runtime(String),
+}
+
+impl ExitStatus for CaptureError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CaptureError::Config(_)
+            | CaptureError::UnknownInterface { .. }
+            | CaptureError::Filter { .. } => exit::CONFIG,
+            CaptureError::Permission(_) => exit::PERMISSION,
+            CaptureError::Open { .. } | CaptureError::Io(_) | CaptureError::Runtime(_) => {
+                exit::RUNTIME
+            }
+        }
+    }
+}
+
+/// What a finished capture reports.
+#[derive(Debug)]
+pub struct Outcome {
+    pub marker: DoneMarker,
+}
+
+fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
+    let d = dir.display();
+    match e.kind() {
+        io::ErrorKind::NotFound => CaptureError::Config(format!("output directory {d} does not exist: create it or mount the volume there (--dir)")),
+        io::ErrorKind::PermissionDenied => CaptureError::Permission(format!(
+            "output directory {d} is not writable by uid {}: {e} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
+            nix::unistd::geteuid()
+        )),
+        _ if e.raw_os_error() == Some(nix::libc::EROFS) => CaptureError::Permission(format!("output directory {d} is on a read-only file system")),
+        _ => CaptureError::Io(format!("output directory {d}: {e}")),
+    }
+}
+
+/// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
+/// duration); Err(Runtime) after finalizing when the capture stopped on an error.
+pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
+    let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
+    match std::fs::metadata(&cfg.dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(CaptureError::Config(format!(
+                "--dir {} is not a directory",
+                cfg.dir.display()
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(dir_error(&cfg.dir, &e)),
+    }
+    let layout = Layout::new(&cfg.dir, &cfg.prefix);
+    let _lock = CaptureLock::acquire(&layout).map_err(|e| match e {
+        LockError::Busy { .. } => CaptureError::Config(e.to_string()),
+        LockError::Io(io) => dir_error(&cfg.dir, &io),
+    })?;
+    match std::fs::remove_file(layout.marker_path()) {
+        Ok(()) => {
+            tracing::info!(marker = %layout.marker_path().display(), "Removed the done marker of an earlier run.")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(dir_error(&cfg.dir, &e)),
+    }
+
+    let metrics = Arc::new(CaptureMetrics::default());
+    let started = SystemTime::now();
+    metrics.start_time_seconds.store(
+        started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        Relaxed,
+    );
+    if let Some(addr) = cfg.listen {
+        let listener = admin::bind(addr).map_err(CaptureError::Config)?;
+        let (m, iface) = (metrics.clone(), cfg.interface.clone());
+        let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
+            let reply =
+                admin::common_route(&method, &path, m.ready.load(Relaxed), || m.render(&iface))
+                    .unwrap_or_else(admin::not_found);
+            Box::pin(async move { reply })
+        });
+        admin::spawn(listener, handler)
+            .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
+    }
+
+    let src = source::open(&cfg)?;
+    let linktype = src.linktype;
+    let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);
+    let ring = Ring::new(cfg.max_files, cfg.max_total_size);
+    let writer =
+        Writer::create(layout.clone(), header, ring, metrics.clone()).map_err(|e| {
+            match e.io_kind() {
+                io::ErrorKind::PermissionDenied => {
+                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
+                }
+                _ => CaptureError::Io(e.to_string()),
+            }
+        })?;
+    let first = writer
+        .current_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    metrics.ready.store(true, Relaxed);
+    tracing::info!(
+        interface = %cfg.interface,
+        linktype,
+        snaplen = cfg.snaplen,
+        filter = cfg.filter.as_deref().unwrap_or(""),
+        file = %first,
+        "Capture is live."
+    );
+    if cfg.max_total_size.is_none() && cfg.max_files.is_none() {
+        tracing::warn!("No disk bound set (--max-total-size, --max-files): the capture grows until the disk is full.");
+    }
+
+    let (tx, rx) = crossbeam_channel::bounded(cfg.queue_buffers);
+    let (free_tx, free_rx) = crossbeam_channel::bounded(cfg.queue_buffers + 2);
+    let writer_thread = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || writer.run(rx, free_tx))
+        .map_err(|e| CaptureError::Io(format!("cannot start the writer thread: {e}")))?;
+    let capture_thread = {
+        let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || source::run_loop(src, &cfg, tx, free_rx, metrics, &shutdown))
+            .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
+    };
+    let end = capture_thread
+        .join()
+        .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
+    let summary = writer_thread
+        .join()
+        .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
+
+    let error = summary.error.clone().or(end.error.clone());
+    let exit_code = if error.is_some() {
+        exit::RUNTIME
+    } else {
+        exit::OK
+    };
+    let marker = DoneMarker {
+        version: 1,
+        sidecap_version: env!("CARGO_PKG_VERSION").into(),
+        interface: cfg.interface.clone(),
+        linktype,
+        snaplen: cfg.snaplen,
+        started_at: files::rfc3339(started),
+        ended_at: files::rfc3339(SystemTime::now()),
+        reason: match &error {
+            Some(e) => format!("{}: {e}", end.reason),
+            None => end.reason.clone(),
+        },
+        clean: error.is_none() && summary.disk_dropped_packets == 0,
+        exit_code,
+        packets_captured: end.packets_captured,
+        packets_written: summary.packets_written,
+        bytes_written: summary.bytes_written,
+        disk_dropped_packets: summary.disk_dropped_packets,
+        kernel: end.kernel,
+        files: summary.files,
+        files_deleted: summary.files_deleted,
+    };
+    let json = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+    if let Err(e) = files::write_atomic(&layout.marker_path(), &json) {
+        tracing::error!(error = %e, "Could not write the done marker; the uploader will treat the capture as dead and upload what is complete.");
+    }
+    tracing::info!(
+        reason = %marker.reason,
+        packets_written = marker.packets_written,
+        kernel_dropped = marker.kernel.dropped,
+        disk_dropped = marker.disk_dropped_packets,
+        files = marker.files.len(),
+        "Capture finished."
+    );
+    match error {
+        Some(e) => Err(CaptureError::Runtime(format!(
+            "{e} (files finalized; marker {} written)",
+            layout.marker_path().display()
+        ))),
+        None => Ok(Outcome { marker }),
+    }
+}

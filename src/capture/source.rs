@@ -1,0 +1,429 @@
+//! The libpcap side: opening the handle with errors a human can act on, and the capture loop.
+//!
+//! The loop runs on its own named thread in non-blocking mode and waits in poll(2) on the pcap
+//! fd plus a wake-up socket, because with TPACKET_V3 a blocking read does not return on its
+//! timeout when no packets arrive. Each wake-up reads a whole kernel block with
+//! `pcap_dispatch`; the callback appends records into a 1 MiB buffer (no allocation, no
+//! syscall per packet) that goes to the writer thread when full or on the flush tick.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use pcap::{Active, Capture, Device, Precision};
+
+use super::config::CaptureConfig;
+use super::files::KernelStats;
+use super::rotate::RotatePolicy;
+use super::writer::Msg;
+use super::CaptureError;
+use crate::metrics::{CaptureMetrics, WrappingCounter};
+use crate::pcapfile::{push_record, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::process::{drain_waker, Shutdown};
+
+/// Size of one write buffer: big sequential writes, ~4700 small packets per syscall.
+pub const BUF_SIZE: usize = 1 << 20;
+/// TPACKET_V3 block retire timeout: the longest a packet waits in a partly filled kernel
+/// block before user space can see it. Also bounds shutdown latency on a quiet link.
+const BLOCK_TIMEOUT_MS: i32 = 100;
+/// On shutdown, keep reading until the ring has been quiet this long (longer than a block
+/// retire timeout, so a partly filled block is seen) ...
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// ... but never longer than this under a constant flood.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+
+pub struct Source {
+    pub cap: Capture<Active>,
+    pub linktype: u32,
+}
+
+/// Interfaces libpcap can capture on, for error messages.
+pub fn interface_names() -> Vec<String> {
+    match Device::list() {
+        Ok(devs) => devs.into_iter().map(|d| d.name).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Does the process hold CAP_NET_RAW in its effective set?
+pub fn has_cap_net_raw() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim()
+        .to_string();
+    let bits = u64::from_str_radix(&hex, 16).ok()?;
+    Some(bits & (1 << 13) != 0)
+}
+
+pub const NET_RAW_HELP: &str = "capturing needs CAP_NET_RAW: run as root (sudo), or grant the binary the file capability (setcap cap_net_raw+ep /path/to/sidecap); in Kubernetes add securityContext.capabilities.add: [\"NET_RAW\"] to the capture container (and, for a non-root image, do not set allowPrivilegeEscalation: false)";
+
+pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
+    let names = interface_names();
+    let exists = names.iter().any(|n| n == &cfg.interface)
+        || std::path::Path::new("/sys/class/net")
+            .join(&cfg.interface)
+            .exists();
+    if !exists {
+        return Err(CaptureError::UnknownInterface {
+            name: cfg.interface.clone(),
+            available: names.join(", "),
+        });
+    }
+    let precision = if cfg.nano {
+        Precision::Nano
+    } else {
+        Precision::Micro
+    };
+    let inactive = Capture::from_device(cfg.interface.as_str())
+        .map_err(|e| CaptureError::Open {
+            interface: cfg.interface.clone(),
+            msg: e.to_string(),
+        })?
+        .snaplen(cfg.snaplen as i32)
+        .promisc(cfg.promisc)
+        .buffer_size(cfg.buffer_size as i32)
+        .timeout(BLOCK_TIMEOUT_MS)
+        .precision(precision);
+    let cap = inactive
+        .open()
+        .map_err(|e| classify_open_error(&cfg.interface, e))?;
+    let mut cap = cap.setnonblock().map_err(|e| CaptureError::Open {
+        interface: cfg.interface.clone(),
+        msg: e.to_string(),
+    })?;
+    if let Some(f) = &cfg.filter {
+        // Compiled by libpcap only; never handed to a shell.
+        cap.filter(f, true).map_err(|e| CaptureError::Filter {
+            filter: f.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    let linktype = cap.get_datalink().0 as u32;
+    Ok(Source { cap, linktype })
+}
+
+fn classify_open_error(interface: &str, e: pcap::Error) -> CaptureError {
+    let msg = e.to_string();
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("permission")
+        || lower.contains("not permitted")
+        || has_cap_net_raw() == Some(false)
+    {
+        CaptureError::Permission(format!("cannot open {interface}: {msg}; {NET_RAW_HELP}"))
+    } else if lower.contains("no such device") {
+        CaptureError::UnknownInterface {
+            name: interface.to_string(),
+            available: interface_names().join(", "),
+        }
+    } else {
+        CaptureError::Open {
+            interface: interface.to_string(),
+            msg,
+        }
+    }
+}
+
+/// How the loop ended.
+pub struct LoopEnd {
+    pub reason: String,
+    /// Set when the capture stopped on an error (interface gone, writer failed).
+    pub error: Option<String>,
+    pub kernel: KernelStats,
+    pub packets_captured: u64,
+}
+
+/// Accumulates records into the current buffer and hands full buffers to the writer.
+struct Batcher {
+    buf: Vec<u8>,
+    buf_packets: u64,
+    /// Bytes in the current file as the writer will see them (for size rotation).
+    file_len: u64,
+    file_opened: Instant,
+    policy: RotatePolicy,
+    tx: Sender<Msg>,
+    free: Receiver<Vec<u8>>,
+    metrics: Arc<CaptureMetrics>,
+    /// The writer is gone (fatal write error).
+    broken: bool,
+    packets: u64,
+    bytes: u64,
+    /// During the drain: the stop time as (sec, frac); a packet stamped after it means the
+    /// kernel has handed us everything it held when the stop was requested.
+    cutoff: Option<(u32, u32)>,
+    past_cutoff: bool,
+}
+
+impl Batcher {
+    #[inline]
+    fn on_packet(&mut self, h: &pcap::PacketHeader, data: &[u8]) {
+        let rec = (RECORD_HEADER_LEN + data.len()) as u64;
+        if self.policy.size_exceeded(self.file_len, rec) {
+            self.rotate();
+        }
+        if self.buf.len() + rec as usize > self.buf.capacity() {
+            self.hand_over();
+        }
+        let (sec, frac) = (h.ts.tv_sec as u32, h.ts.tv_usec as u32);
+        push_record(&mut self.buf, sec, frac, h.caplen, h.len, data);
+        self.buf_packets += 1;
+        self.file_len += rec;
+        self.packets += 1;
+        self.bytes += data.len() as u64;
+        if let Some(c) = self.cutoff {
+            if (sec, frac) > c {
+                self.past_cutoff = true;
+            }
+        }
+    }
+
+    fn send(&mut self, msg: Msg) {
+        if self.broken {
+            return;
+        }
+        if self.tx.send(msg).is_err() {
+            self.broken = true;
+        }
+    }
+
+    /// Sends the current buffer (if any) to the writer and takes a recycled one.
+    fn hand_over(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BUF_SIZE));
+        let full = std::mem::replace(&mut self.buf, next);
+        let packets = std::mem::take(&mut self.buf_packets);
+        self.metrics
+            .queue_bytes
+            .fetch_add(full.len() as u64, Relaxed);
+        self.send(Msg::Data { buf: full, packets });
+    }
+
+    fn rotate(&mut self) {
+        self.hand_over();
+        self.send(Msg::Rotate);
+        self.file_len = FILE_HEADER_LEN as u64;
+        self.file_opened = Instant::now();
+    }
+
+    fn publish(&mut self) {
+        self.metrics
+            .packets_captured
+            .fetch_add(std::mem::take(&mut self.packets), Relaxed);
+        self.metrics
+            .bytes_captured
+            .fetch_add(std::mem::take(&mut self.bytes), Relaxed);
+    }
+}
+
+struct Stats {
+    recv: WrappingCounter,
+    drop: WrappingCounter,
+    ifdrop: WrappingCounter,
+}
+
+impl Stats {
+    fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) {
+        if let Ok(s) = cap.stats() {
+            m.kernel_received
+                .store(self.recv.update(s.received), Relaxed);
+            m.kernel_dropped.store(self.drop.update(s.dropped), Relaxed);
+            m.interface_dropped
+                .store(self.ifdrop.update(s.if_dropped), Relaxed);
+        }
+    }
+}
+
+/// Runs the capture loop until a stop condition, then drains what the kernel holds. Dropping
+/// the sender at the end tells the writer to finalize.
+pub fn run_loop(
+    mut src: Source,
+    cfg: &CaptureConfig,
+    tx: Sender<Msg>,
+    free: Receiver<Vec<u8>>,
+    metrics: Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<LoopEnd, CaptureError> {
+    let mut waker = shutdown
+        .waker(true)
+        .map_err(|e| CaptureError::Io(format!("wake-up socket: {e}")))?;
+    let mut b = Batcher {
+        buf: Vec::with_capacity(BUF_SIZE),
+        buf_packets: 0,
+        file_len: FILE_HEADER_LEN as u64,
+        file_opened: Instant::now(),
+        policy: cfg.rotate,
+        tx,
+        free,
+        metrics: metrics.clone(),
+        broken: false,
+        packets: 0,
+        bytes: 0,
+        cutoff: None,
+        past_cutoff: false,
+    };
+    let mut stats = Stats {
+        recv: Default::default(),
+        drop: Default::default(),
+        ifdrop: Default::default(),
+    };
+    let started = Instant::now();
+    let stop_at = cfg.duration.map(|d| started + d);
+    let mut next_flush = started + cfg.flush_interval;
+    let mut hups = shutdown.hups();
+    let mut total: u64 = 0;
+    let reason;
+    let mut error = None;
+
+    // Main phase.
+    loop {
+        if shutdown.is_triggered() {
+            reason = shutdown
+                .reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "stop requested".into());
+            break;
+        }
+        let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
+        let n = match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
+            Ok(n) => n,
+            Err(e) => {
+                error = Some(format!("reading from {} failed: {e}", cfg.interface));
+                reason = "capture error".into();
+                break;
+            }
+        };
+        total += n as u64;
+        b.publish();
+        if b.broken {
+            reason = "write error".into();
+            error = Some("the writer stopped".into());
+            break;
+        }
+        if cfg.count.is_some_and(|c| total >= c) {
+            reason = "count reached".into();
+            break;
+        }
+        let now = Instant::now();
+        if stop_at.is_some_and(|t| now >= t) {
+            reason = "duration reached".into();
+            break;
+        }
+        let hup_now = shutdown.hups();
+        if hup_now != hups {
+            hups = hup_now;
+            tracing::info!("Rotating on SIGHUP.");
+            b.rotate();
+        }
+        if b.policy.deadline(b.file_opened).is_some_and(|d| now >= d) {
+            b.rotate();
+        }
+        if now >= next_flush {
+            b.hand_over();
+            b.send(Msg::Sync);
+            stats.refresh(&mut src.cap, &metrics);
+            next_flush = now + cfg.flush_interval;
+        }
+        if n > 0 {
+            continue;
+        }
+        // Nothing to read: sleep until data, a signal, or the next timer.
+        let mut wake = next_flush;
+        if let Some(t) = stop_at {
+            wake = wake.min(t);
+        }
+        if let Some(d) = b.policy.deadline(b.file_opened) {
+            wake = wake.min(d);
+        }
+        let ms = wake
+            .saturating_duration_since(now)
+            .as_millis()
+            .clamp(1, 1000) as u16;
+        let mut fds = [
+            PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
+            PollFd::new(waker.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                error = Some(format!("poll failed: {e}"));
+                reason = "capture error".into();
+                break;
+            }
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            drain_waker(&mut waker);
+        }
+    }
+
+    // Drain: what the kernel already holds for us, bounded in time.
+    if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
+        let now_wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let frac = if cfg.nano {
+            now_wall.subsec_nanos()
+        } else {
+            now_wall.subsec_micros()
+        };
+        b.cutoff = Some((now_wall.as_secs() as u32, frac));
+        let t0 = Instant::now();
+        let mut quiet_since = t0;
+        while t0.elapsed() < DRAIN_MAX
+            && quiet_since.elapsed() < DRAIN_QUIET
+            && !b.past_cutoff
+            && !b.broken
+        {
+            let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
+            if limit == Some(0) {
+                break;
+            }
+            match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
+                Ok(0) => {
+                    let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
+                    let _ = nix::poll::poll(&mut fds, PollTimeout::from(20u16));
+                }
+                Ok(n) => {
+                    total += n as u64;
+                    quiet_since = Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
+                    break;
+                }
+            }
+        }
+        b.publish();
+        tracing::debug!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "Drained the kernel ring."
+        );
+    }
+    stats.refresh(&mut src.cap, &metrics);
+    b.hand_over();
+    drop(b); // closes the channel: the writer finalizes
+    let kernel = KernelStats {
+        received: metrics.kernel_received.load(Relaxed),
+        dropped: metrics.kernel_dropped.load(Relaxed),
+        interface_dropped: metrics.interface_dropped.load(Relaxed),
+        note: if cfg.interface == "lo" || cfg.interface == "any" {
+            "libpcap ps_recv/ps_drop; on lo and any the kernel counts each packet twice, so dropped is about twice the real loss".into()
+        } else {
+            "libpcap ps_recv/ps_drop/ps_ifdrop".into()
+        },
+    };
+    Ok(LoopEnd {
+        reason,
+        error,
+        kernel,
+        packets_captured: total,
+    })
+}

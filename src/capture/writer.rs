@@ -1,0 +1,354 @@
+//! The writer thread: takes filled buffers of complete pcap records from the capture thread over
+//! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
+//! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
+//! `.part` -> `.pcap` on completion, fdatasync on flush ticks, the ring bound, and disk-full
+//! handling.
+//!
+//! Disk full (ENOSPC, EDQUOT): the buffer that did not fit is dropped and counted, the file is
+//! truncated back to its last complete record so it stays valid, one warning is logged per
+//! episode, and writing resumes by itself when space returns. Any other write error is fatal:
+//! the current file is finalized (it holds only complete records) and the capture stops.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::files::{self, CaptureFile, Layout, Ring, FILE_MODE};
+use crate::metrics::CaptureMetrics;
+use crate::pcapfile::FILE_HEADER_LEN;
+
+/// Messages from the capture thread, in stream order.
+pub enum Msg {
+    /// Complete records to append to the current file.
+    Data { buf: Vec<u8>, packets: u64 },
+    /// Finish the current file and start the next.
+    Rotate,
+    /// Flush tick: make what was written durable (fdatasync).
+    Sync,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot create {path}: {source}")]
+    Create { path: String, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("cannot finish {path}: {source}")]
+    Finish { path: String, source: io::Error },
+}
+
+impl WriteError {
+    pub fn io_kind(&self) -> io::ErrorKind {
+        match self {
+            WriteError::Create { source, .. }
+            | WriteError::Write { source, .. }
+            | WriteError::Finish { source, .. } => source.kind(),
+        }
+    }
+}
+
+/// What the writer reports when it ends.
+#[derive(Debug, Default)]
+pub struct WriterSummary {
+    pub files: Vec<String>,
+    pub packets_written: u64,
+    pub bytes_written: u64,
+    pub disk_dropped_packets: u64,
+    pub files_deleted: u64,
+    /// Set when the writer stopped on a fatal error (after finalizing its file).
+    pub error: Option<String>,
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    /// Bytes known to be in the file, all complete records.
+    len: u64,
+    dirty: bool,
+}
+
+pub struct Writer {
+    layout: Layout,
+    header: [u8; FILE_HEADER_LEN],
+    ring: Ring,
+    metrics: Arc<CaptureMetrics>,
+    next_seq: u64,
+    current: Option<OpenFile>,
+    summary: WriterSummary,
+    /// Packets dropped in the current disk-full episode; Some while the disk is full.
+    full_episode: Option<u64>,
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT)
+}
+
+impl Writer {
+    /// Prepares the writer and creates the first file (so that startup errors such as a
+    /// read-only directory surface before the capture reports ready). Files already in the
+    /// directory with our prefix (an earlier run) join the ring, oldest first, and numbering
+    /// continues after them.
+    pub fn create(
+        layout: Layout,
+        header: [u8; FILE_HEADER_LEN],
+        ring: Ring,
+        metrics: Arc<CaptureMetrics>,
+    ) -> Result<Writer, WriteError> {
+        let existing: Vec<CaptureFile> = layout.list().map_err(|source| WriteError::Create {
+            path: layout.dir.display().to_string(),
+            source,
+        })?;
+        let mut w = Writer {
+            next_seq: existing.iter().map(|f| f.seq + 1).max().unwrap_or(1),
+            layout,
+            header,
+            ring,
+            metrics,
+            current: None,
+            summary: WriterSummary::default(),
+            full_episode: None,
+        };
+        if !existing.is_empty() {
+            tracing::info!(
+                files = existing.len(),
+                next_seq = w.next_seq,
+                "Found files of an earlier run; continuing in new files."
+            );
+        }
+        for f in existing {
+            w.ring.push(f.path, f.size);
+        }
+        w.open_next()?;
+        Ok(w)
+    }
+
+    /// The path of the file being written.
+    pub fn current_path(&self) -> Option<&PathBuf> {
+        self.current.as_ref().map(|c| &c.path)
+    }
+
+    /// Runs the writer loop until the capture thread drops its sender, then finalizes.
+    pub fn run(mut self, rx: Receiver<Msg>, free: Sender<Vec<u8>>) -> WriterSummary {
+        let result = (|| -> Result<(), WriteError> {
+            for msg in rx.iter() {
+                match msg {
+                    Msg::Data { mut buf, packets } => {
+                        self.metrics
+                            .queue_bytes
+                            .fetch_sub(buf.len() as u64, Relaxed);
+                        self.write(&buf, packets)?;
+                        buf.clear();
+                        let _ = free.try_send(buf);
+                    }
+                    Msg::Rotate => {
+                        self.finish_current()?;
+                        if let Err(e) = self.open_next() {
+                            if !is_disk_full_err(&e) {
+                                return Err(e);
+                            }
+                            // No room for even a header: retried on the next buffer.
+                            self.dropped(0, "cannot create a new file");
+                        }
+                    }
+                    Msg::Sync => self.sync(),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "Stopping capture on a write error; finalizing what was written.");
+            self.summary.error = Some(e.to_string());
+        }
+        if let Err(e) = self.finish_current() {
+            tracing::error!(error = %e, "Could not finalize the last file; it stays as .pcap.part with complete records.");
+            self.summary.error.get_or_insert(e.to_string());
+        }
+        self.end_episode();
+        self.summary
+    }
+
+    fn write(&mut self, buf: &[u8], packets: u64) -> Result<(), WriteError> {
+        if self.current.is_none() {
+            // The previous open failed on a full disk; try again now.
+            if let Err(e) = self.open_next() {
+                if is_disk_full_err(&e) {
+                    return Ok(self.dropped(packets, "cannot create a new file"));
+                }
+                return Err(e);
+            }
+        }
+        let n = buf.len() as u64;
+        self.enforce_bound(0, n);
+        if let Some(max) = self.ring.max_total {
+            let cur = self.current.as_ref().map_or(0, |c| c.len);
+            if self.ring.finished_bytes() + cur + n > max {
+                // Only possible when the current file alone is near the bound (validation
+                // keeps -C <= max/2, so only an enormous single buffer gets here).
+                return Ok(self.dropped(packets, "over --max-total-size"));
+            }
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        match cur.file.write_all(buf) {
+            Ok(()) => {
+                cur.len += n;
+                cur.dirty = true;
+                self.summary.packets_written += packets;
+                self.summary.bytes_written += n;
+                self.metrics.packets_written.fetch_add(packets, Relaxed);
+                self.metrics.bytes_written.fetch_add(n, Relaxed);
+                self.metrics
+                    .dir_bytes
+                    .store(self.ring.finished_bytes() + cur.len, Relaxed);
+                self.end_episode();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.write_errors.fetch_add(1, Relaxed);
+                // A short write leaves a torn record: cut back to the last complete one.
+                let good = cur.len;
+                let path = cur.path.display().to_string();
+                if let Err(te) = cur.file.set_len(good) {
+                    return Err(WriteError::Write { path, source: te });
+                }
+                if is_disk_full(&e) {
+                    self.dropped(packets, "disk full");
+                    Ok(())
+                } else {
+                    Err(WriteError::Write { path, source: e })
+                }
+            }
+        }
+    }
+
+    fn dropped(&mut self, packets: u64, why: &str) {
+        self.summary.disk_dropped_packets += packets;
+        self.metrics
+            .disk_dropped_packets
+            .fetch_add(packets, Relaxed);
+        match self.full_episode.as_mut() {
+            Some(n) => *n += packets,
+            None => {
+                tracing::warn!(reason = why, dir = %self.layout.dir.display(), "Cannot write captured packets; dropping them until space returns. Files written so far stay valid.");
+                self.full_episode = Some(packets);
+            }
+        }
+    }
+
+    fn end_episode(&mut self) {
+        if let Some(n) = self.full_episode.take() {
+            tracing::warn!(
+                dropped_packets = n,
+                "Writing resumed after a disk-full episode."
+            );
+        }
+    }
+
+    /// Deletes the oldest finished files until `open_files` more files and `incoming` more bytes
+    /// (on top of the current file) fit the bounds.
+    fn enforce_bound(&mut self, open_files: u64, incoming: u64) {
+        let cur_files = self.current.is_some() as u64;
+        let cur_len = self.current.as_ref().map_or(0, |c| c.len);
+        for (path, size) in self.ring.evict(cur_files + open_files, cur_len + incoming) {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    self.summary.files_deleted += 1;
+                    self.metrics.files_deleted.fetch_add(1, Relaxed);
+                    self.metrics.bytes_deleted.fetch_add(size, Relaxed);
+                    tracing::info!(file = %path.display(), bytes = size, "Deleted the oldest file to stay within the ring bound.");
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "Could not delete a file for the ring bound.")
+                }
+            }
+        }
+    }
+
+    fn open_next(&mut self) -> Result<(), WriteError> {
+        self.enforce_bound(1, FILE_HEADER_LEN as u64);
+        let name = self.layout.part_name(SystemTime::now(), self.next_seq);
+        let path = self.layout.dir.join(&name);
+        let create = || -> io::Result<File> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)?;
+            if let Err(e) = f.write_all(&self.header) {
+                drop(f);
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            Ok(f)
+        };
+        let file = create().map_err(|source| WriteError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.next_seq += 1;
+        tracing::debug!(file = %name, "Started a new file.");
+        self.current = Some(OpenFile {
+            file,
+            path,
+            len: FILE_HEADER_LEN as u64,
+            dirty: true,
+        });
+        Ok(())
+    }
+
+    fn sync(&mut self) {
+        if let Some(cur) = self.current.as_mut() {
+            if cur.dirty {
+                if let Err(e) = cur.file.sync_data() {
+                    tracing::warn!(file = %cur.path.display(), error = %e, "fdatasync failed.");
+                }
+                cur.dirty = false;
+            }
+        }
+    }
+
+    /// fsync, rename `.pcap.part` -> `.pcap`, fsync the directory.
+    fn finish_current(&mut self) -> Result<(), WriteError> {
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        let path_s = cur.path.display().to_string();
+        let fin = |source| WriteError::Finish {
+            path: path_s.clone(),
+            source,
+        };
+        cur.file.sync_all().map_err(fin)?;
+        drop(cur.file);
+        let done = cur.path.with_extension(""); // strips ".part"
+        fs::rename(&cur.path, &done).map_err(fin)?;
+        files::sync_dir(&self.layout.dir).map_err(fin)?;
+        let name = done
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::info!(file = %name, bytes = cur.len, "Finished a file.");
+        self.summary.files.push(name);
+        self.metrics.files_finished.fetch_add(1, Relaxed);
+        self.ring.push(done, cur.len);
+        self.metrics
+            .dir_bytes
+            .store(self.ring.finished_bytes(), Relaxed);
+        Ok(())
+    }
+}
+
+fn is_disk_full_err(e: &WriteError) -> bool {
+    match e {
+        WriteError::Create { source, .. }
+        | WriteError::Write { source, .. }
+        | WriteError::Finish { source, .. } => is_disk_full(source),
+    }
+}

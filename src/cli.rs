@@ -1,0 +1,153 @@
+//! Command-line definitions: raw flags and their environment variables, nothing else.
+//! Validation into typed configurations happens in each subcommand's `config` step, so that a
+//! bad value is reported once, with a clear message, before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_CAPTURE_LISTEN: &str = "0.0.0.0:9797";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized)
+  1    runtime failure after start (interface gone, unrecoverable disk error); files finalized
+  2    usage error
+  3    invalid configuration (unknown interface, bad filter, missing directory, impossible options)
+  4    permission denied (no CAP_NET_RAW, directory not writable)
+  5    upload deadline reached with files left
+  6    upload permanently rejected by the receiver
+  130  forced exit on a second SIGTERM/SIGINT";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sidecap",
+    version,
+    about = "Capture a Pod's packets with libpcap and get the capture out before the Pod is gone",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "SIDECAP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (e.g. info, debug, sidecap=trace). Overrides RUST_LOG; default info.
+    #[arg(long, env = "SIDECAP_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Capture packets into rotating pcap files (the capture sidecar, or `sudo sidecap capture -i lo`).
+    #[command(after_help = EXIT_CODES)]
+    Capture(Box<CaptureArgs>),
+    /// Long-running uploader sidecar: idle PID 1, optional continuous upload, HTTP preStop hook.
+    #[command(after_help = EXIT_CODES)]
+    Uploader(Box<crate::upload::args::UploaderArgs>),
+    /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
+    #[command(after_help = EXIT_CODES)]
+    Upload(Box<crate::upload::args::UploadArgs>),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimePrecision {
+    Micro,
+    Nano,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    /// Interface to capture on; `any` captures on all interfaces (LINUX_SLL2 link type, never
+    /// promiscuous).
+    #[arg(short = 'i', long, env = "SIDECAP_INTERFACE", default_value = "any")]
+    pub interface: String,
+
+    /// Output directory (the shared volume). Must exist and be writable.
+    #[arg(short = 'w', long, env = "SIDECAP_DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// File name prefix: files are <prefix>-<UTC time>-<seq>.pcap(.part), the done marker is
+    /// <prefix>.done, the lock <prefix>.lock.
+    #[arg(long, env = "SIDECAP_PREFIX", default_value = "capture")]
+    pub prefix: String,
+
+    /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression.
+    #[arg(long, env = "SIDECAP_FILTER", conflicts_with = "expression")]
+    pub filter: Option<String>,
+
+    /// Snapshot length: bytes kept of each packet.
+    #[arg(short = 's', long, env = "SIDECAP_SNAPLEN", default_value_t = 262_144)]
+    pub snaplen: u32,
+
+    /// Kernel capture buffer (ring) size. Units accepted (64MiB); a bare number is KiB, as in tcpdump.
+    #[arg(
+        short = 'B',
+        long,
+        env = "SIDECAP_BUFFER_SIZE",
+        default_value = "32MiB"
+    )]
+    pub buffer_size: String,
+
+    /// Do not put the interface into promiscuous mode (`any` never is).
+    #[arg(short = 'p', long, env = "SIDECAP_NO_PROMISCUOUS")]
+    pub no_promiscuous: bool,
+
+    /// Rotate to a new file before it exceeds this size. Units accepted (100MB); a bare number is
+    /// millions of bytes, as in tcpdump. Default: no size rotation (set by --max-total-size).
+    #[arg(short = 'C', long, env = "SIDECAP_ROTATE_SIZE")]
+    pub rotate_size: Option<String>,
+
+    /// Rotate to a new file after this much time (5m, 30s; a bare number is seconds).
+    #[arg(short = 'G', long, env = "SIDECAP_ROTATE_INTERVAL")]
+    pub rotate_interval: Option<String>,
+
+    /// Keep at most this many files (ring buffer): the oldest finished file is deleted.
+    #[arg(short = 'W', long, env = "SIDECAP_MAX_FILES")]
+    pub max_files: Option<u32>,
+
+    /// Never let this prefix's files in the directory grow past this size: the oldest finished
+    /// files are deleted first. Keep it well under an emptyDir's sizeLimit. Without -C, files
+    /// rotate at 1/8 of this size.
+    #[arg(long, env = "SIDECAP_MAX_TOTAL_SIZE")]
+    pub max_total_size: Option<String>,
+
+    /// Stop after writing this many packets.
+    #[arg(short = 'c', long, env = "SIDECAP_COUNT")]
+    pub count: Option<u64>,
+
+    /// Stop after this much time (e.g. 30s, 10m).
+    #[arg(long, env = "SIDECAP_DURATION")]
+    pub duration: Option<String>,
+
+    /// Hand captured data to the kernel (write) at least this often, and fdatasync it: at most
+    /// this much captured data is lost to a SIGKILL or a node crash.
+    #[arg(long, env = "SIDECAP_FLUSH_INTERVAL", default_value = "1s")]
+    pub flush_interval: String,
+
+    /// Memory for packets waiting to be written (absorbs disk stalls). Units accepted.
+    #[arg(long, env = "SIDECAP_QUEUE_SIZE", default_value = "64MiB")]
+    pub queue_size: String,
+
+    /// Timestamp precision of the pcap files.
+    #[arg(long, env = "SIDECAP_TIME_PRECISION", value_enum, default_value_t = TimePrecision::Micro)]
+    pub time_precision: TimePrecision,
+
+    /// Admin HTTP address for GET /livez, /readyz (startupProbe: capture is live) and /metrics
+    /// (Prometheus). `off` disables it.
+    #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_CAPTURE_LISTEN)]
+    pub listen: String,
+
+    /// BPF filter expression, as trailing words like tcpdump (`sidecap capture -i lo udp port 53`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = false)]
+    pub expression: Vec<String>,
+}

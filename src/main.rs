@@ -1,0 +1,55 @@
+//! Wiring only: parse flags, set up logging and signals, dispatch, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sidecap::cli::{Cli, Command};
+use sidecap::exit::{self, ExitStatus};
+use sidecap::process::{self, Shutdown};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    sidecap::logging::init(cli.log_format, cli.log_level.as_deref());
+    let shutdown = Shutdown::new();
+    if let Err(e) = process::install_signal_handlers(
+        &shutdown,
+        Box::new(|| std::process::exit(exit::FORCED as i32)),
+    ) {
+        eprintln!("sidecap: cannot install signal handlers: {e}");
+        return ExitCode::from(exit::RUNTIME);
+    }
+    let code = match cli.command {
+        Command::Capture(args) => report(sidecap::capture::run(&args, shutdown).map(|_| ())),
+        Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
+        Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints an error with its cause chain once and returns its exit code.
+fn report<E: ExitStatus>(r: Result<(), E>) -> u8 {
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let mut msg = format!("sidecap: error: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            tracing::error!("{msg}");
+            eprintln!("{msg}");
+            e.exit_code()
+        }
+    }
+}

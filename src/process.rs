@@ -1,0 +1,260 @@
+//! PID-1 duties and the one shutdown truth.
+//!
+//! The kernel delivers to PID 1 of a PID namespace only the signals it installed handlers for
+//! (pid_namespaces(7)), so every subcommand installs its own: SIGTERM ("Kubernetes sends this to
+//! start a graceful shutdown") and SIGINT start one graceful stop, SIGQUIT too; SIGHUP is handed
+//! to the subcommand (capture rotates its file). A second SIGTERM/SIGINT/SIGQUIT exits at once.
+//! As PID 1 we also reap orphans that exec probes, exec hooks and `kubectl exec` leave behind.
+//!
+//! Signal handlers only set flags (signal-hook); everything else runs on a named thread.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tokio_util::sync::CancellationToken;
+
+/// Why a graceful stop was requested.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Signal(&'static str),
+    Other(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Signal(s) => write!(f, "signal {s}"),
+            StopReason::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+struct Inner {
+    requested: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    /// Write ends of wake-up sockets of threads that block in poll(2).
+    wakers: Mutex<Vec<UnixStream>>,
+    token: CancellationToken,
+    /// Incremented on SIGHUP; a subcommand compares it to the value it last saw.
+    hups: AtomicU64,
+    hup_wakers: Mutex<Vec<UnixStream>>,
+}
+
+/// The single shutdown token of a process. Cheap to clone; triggering is idempotent.
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Shutdown {
+            inner: Arc::new(Inner {
+                requested: AtomicBool::new(false),
+                reason: Mutex::new(None),
+                wakers: Mutex::new(Vec::new()),
+                token: CancellationToken::new(),
+                hups: AtomicU64::new(0),
+                hup_wakers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Requests a graceful stop. Returns false if one was already requested.
+    pub fn trigger(&self, reason: StopReason) -> bool {
+        if self.inner.requested.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        if let Ok(mut r) = self.inner.reason.lock() {
+            *r = Some(reason);
+        }
+        self.inner.token.cancel();
+        wake_all(&self.inner.wakers);
+        true
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.inner.requested.load(Ordering::SeqCst)
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.inner.reason.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// For async code: resolves when a stop is requested.
+    pub fn token(&self) -> CancellationToken {
+        self.inner.token.clone()
+    }
+
+    /// For threads that block in poll(2): a socket that becomes readable when a stop is
+    /// requested (and, with `hup`, on every SIGHUP). Add it to the poll set.
+    pub fn waker(&self, hup: bool) -> std::io::Result<UnixStream> {
+        let (rx, tx) = UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        if hup {
+            if let Ok(mut w) = self.inner.hup_wakers.lock() {
+                w.push(tx.try_clone()?);
+            }
+        }
+        if let Ok(mut w) = self.inner.wakers.lock() {
+            w.push(tx);
+        }
+        // A stop requested before we registered must still wake the poller.
+        if self.is_triggered() {
+            wake_all(&self.inner.wakers);
+        }
+        Ok(rx)
+    }
+
+    /// Number of SIGHUPs received so far.
+    pub fn hups(&self) -> u64 {
+        self.inner.hups.load(Ordering::SeqCst)
+    }
+
+    fn hup(&self) {
+        self.inner.hups.fetch_add(1, Ordering::SeqCst);
+        wake_all(&self.inner.hup_wakers);
+    }
+}
+
+fn wake_all(wakers: &Mutex<Vec<UnixStream>>) {
+    if let Ok(mut w) = wakers.lock() {
+        for s in w.iter_mut() {
+            // A full socket buffer already means "wake up"; nothing to do on error.
+            let _ = s.write(&[1]);
+        }
+    }
+}
+
+/// Drains a waker socket after poll(2) reported it readable.
+pub fn drain_waker(s: &mut UnixStream) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// What the signal thread does on a second stop signal.
+pub type ForceExit = Box<dyn Fn() + Send + 'static>;
+
+/// Installs the signal handlers and starts the named `signals` thread that turns them into
+/// `shutdown` triggers. `on_force` runs on a second SIGTERM/SIGINT/SIGQUIT and must end the
+/// process (it is where a subcommand makes its best-effort flush).
+pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD])?;
+    let shutdown = shutdown.clone();
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        tracing::info!("Running as PID 1: handling signals and reaping orphaned processes.");
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                match sig {
+                    SIGCHLD => {
+                        if pid1 {
+                            reap_zombies();
+                        }
+                    }
+                    SIGHUP => {
+                        tracing::info!(signal = "SIGHUP", "Received SIGHUP.");
+                        shutdown.hup();
+                    }
+                    _ => {
+                        let name = signal_name(sig);
+                        if shutdown.trigger(StopReason::Signal(name)) {
+                            tracing::info!(signal = name, "Received stop signal; stopping gracefully. Send it again to exit at once.");
+                        } else {
+                            tracing::warn!(signal = name, "Received a second stop signal; exiting at once.");
+                            on_force();
+                        }
+                    }
+                }
+            }
+        })?;
+    if pid1 {
+        // Orphans may already be waiting from before the handler existed.
+        reap_zombies();
+    }
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Reaps every exited child. Only called when we are PID 1 and spawn no children of our own,
+/// so there is no exit status anyone else waits for.
+fn reap_zombies() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(status) => tracing::debug!(?status, "Reaped an orphaned process."),
+        }
+    }
+}
+
+/// Sleeps until `d` has passed or a stop is requested; returns true if a stop was requested.
+pub async fn sleep_or_stop(shutdown: &Shutdown, d: Duration) -> bool {
+    let token = shutdown.token();
+    tokio::select! {
+        _ = token.cancelled() => true,
+        _ = tokio::time::sleep(d) => shutdown.is_triggered(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn trigger_is_idempotent_and_keeps_the_first_reason() {
+        let s = Shutdown::new();
+        assert!(!s.is_triggered());
+        assert!(s.trigger(StopReason::Signal("SIGTERM")));
+        assert!(!s.trigger(StopReason::Other("later".into())));
+        assert_eq!(s.reason(), Some(StopReason::Signal("SIGTERM")));
+        assert!(s.token().is_cancelled());
+    }
+
+    #[test]
+    fn waker_registered_after_trigger_is_readable() {
+        let s = Shutdown::new();
+        s.trigger(StopReason::Other("test".into()));
+        let mut w = s.waker(false).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(w.read(&mut b).unwrap(), 1);
+    }
+
+    #[test]
+    fn hup_wakes_only_hup_wakers() {
+        let s = Shutdown::new();
+        let mut plain = s.waker(false).unwrap();
+        let mut hup = s.waker(true).unwrap();
+        s.hup();
+        let mut b = [0u8; 1];
+        assert_eq!(hup.read(&mut b).unwrap(), 1);
+        assert!(plain.read(&mut b).is_err(), "non-HUP waker must stay quiet");
+        assert_eq!(s.hups(), 1);
+    }
+}

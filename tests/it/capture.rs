@@ -1,0 +1,1 @@
+//! Capture integration tests (issue 2).

@@ -1,0 +1,7 @@
+//! One integration-test binary: every test runs the real `sidecap` executable against real
+//! things (libpcap on loopback or veths in namespaces we create, real HTTP servers on
+//! 127.0.0.1, tshark/capinfos reading what we wrote). Run as root.
+
+mod capture;
+mod helpers;
+mod upload;

@@ -1,0 +1,1 @@
+//! Uploader integration tests (issue 3).
