@@ -85,6 +85,11 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_FILTER", conflicts_with = "expression")]
     pub filter: Option<String>,
 
+    /// Wait up to this long for the interface to appear (e.g. a VPN's tun0 or a veth created
+    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait.
+    #[arg(long, env = "SIDECAP_WAIT_FOR_INTERFACE", default_value = "0s")]
+    pub wait_for_interface: String,
+
     /// Snapshot length: bytes kept of each packet.
     #[arg(short = 's', long, env = "SIDECAP_SNAPLEN", default_value_t = 262_144)]
     pub snaplen: u32,

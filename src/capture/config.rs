@@ -31,6 +31,7 @@ pub struct CaptureConfig {
     pub queue_buffers: usize,
     pub nano: bool,
     pub listen: Option<SocketAddr>,
+    pub wait_for_interface: Duration,
 }
 
 fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -133,6 +134,10 @@ impl CaptureConfig {
             return Err("--queue-size: must be at least 2MiB".into());
         }
         let listen = crate::admin::parse_listen(&a.listen)?;
+        let wait_for_interface = flag(
+            "--wait-for-interface",
+            parse_duration(&a.wait_for_interface),
+        )?;
         Ok(CaptureConfig {
             interface: a.interface.clone(),
             dir: a.dir.clone(),
@@ -153,6 +158,7 @@ impl CaptureConfig {
             queue_buffers,
             nano: a.time_precision == TimePrecision::Nano,
             listen,
+            wait_for_interface,
         })
     }
 }

@@ -126,6 +126,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
     }
 
+    source::wait_for_interface(&cfg, &shutdown);
     let src = source::open(&cfg)?;
     let linktype = src.linktype;
     let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);

@@ -62,13 +62,28 @@ pub fn has_cap_net_raw() -> Option<bool> {
 
 pub const NET_RAW_HELP: &str = "capturing needs CAP_NET_RAW: run as root (sudo), or grant the binary the file capability (setcap cap_net_raw+ep /path/to/sidecap); in Kubernetes add securityContext.capabilities.add: [\"NET_RAW\"] to the capture container (and, for a non-root image, do not set allowPrivilegeEscalation: false)";
 
+fn interface_exists(name: &str, names: &[String]) -> bool {
+    names.iter().any(|n| n == name) || std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Waits up to `cfg.wait_for_interface` for the interface to exist. Returns early on a stop.
+pub fn wait_for_interface(cfg: &CaptureConfig, shutdown: &Shutdown) {
+    if cfg.wait_for_interface.is_zero() || interface_exists(&cfg.interface, &interface_names()) {
+        return;
+    }
+    tracing::info!(interface = %cfg.interface, wait = ?cfg.wait_for_interface, "Waiting for the interface to appear.");
+    let t0 = Instant::now();
+    while t0.elapsed() < cfg.wait_for_interface && !shutdown.is_triggered() {
+        std::thread::sleep(Duration::from_millis(100));
+        if interface_exists(&cfg.interface, &[]) {
+            return;
+        }
+    }
+}
+
 pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
     let names = interface_names();
-    let exists = names.iter().any(|n| n == &cfg.interface)
-        || std::path::Path::new("/sys/class/net")
-            .join(&cfg.interface)
-            .exists();
-    if !exists {
+    if !interface_exists(&cfg.interface, &names) {
         return Err(CaptureError::UnknownInterface {
             name: cfg.interface.clone(),
             available: names.join(", "),

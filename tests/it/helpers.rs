@@ -268,3 +268,130 @@ pub fn capinfos_count(path: &Path) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("capinfos output: {text}"))
 }
+
+/// Runs a command, asserting success; returns stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace created by the test with a veth pair: `<a>` (10.231.x.1) inside it, like
+/// a Pod's eth0, and its peer `<b>` (10.231.x.2) in a second namespace, like the node side, so
+/// traffic from a to b really crosses the veth. Both namespaces are deleted on drop; the
+/// addresses exist only inside them.
+pub struct Netns {
+    pub name: String,
+    pub peer: String,
+    pub a: String,
+    pub b: String,
+    pub a_ip: String,
+    pub b_ip: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        static N: AtomicU16 = AtomicU16::new(1);
+        let n = N.fetch_add(1, Ordering::SeqCst) as u32;
+        let id = std::process::id() % 10000;
+        let name = format!("sc{tag}{id}x{n}");
+        let peer = format!("{name}p");
+        let (a, b) = (format!("v{id}x{n}a"), format!("v{id}x{n}b"));
+        let octet = 1 + (id * 7 + n) % 250;
+        let (a_ip, b_ip) = (format!("10.231.{octet}.1"), format!("10.231.{octet}.2"));
+        for ns in [&name, &peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            sh("ip", &["netns", "add", ns]);
+        }
+        let ns = Netns {
+            name,
+            peer,
+            a,
+            b,
+            a_ip,
+            b_ip,
+        };
+        ns.exec_ok(&[
+            "ip", "link", "add", &ns.a, "type", "veth", "peer", "name", &ns.b, "netns", &ns.peer,
+        ]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", ns.a_ip),
+            "dev",
+            &ns.a,
+        ]);
+        ns.exec_ok(&["ip", "link", "set", &ns.a, "up"]);
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.peer,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", ns.b_ip),
+                "dev",
+                &ns.b,
+            ],
+        );
+        sh(
+            "ip",
+            &["netns", "exec", &ns.peer, "ip", "link", "set", &ns.b, "up"],
+        );
+        ns
+    }
+
+    /// `ip netns exec <ns> <cmd...>` as a Command.
+    pub fn command(&self, cmd: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(cmd);
+        c
+    }
+
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Runs `f` with the calling thread inside the namespace (for sockets created by the test).
+    pub fn enter<T>(&self, f: impl FnOnce() -> T + Send) -> T
+    where
+        T: Send,
+    {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let f_ns = std::fs::File::open(format!("/var/run/netns/{}", self.name))
+                    .expect("netns file");
+                nix::sched::setns(f_ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.name, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// HTTP GET run inside a namespace (the admin server there is not reachable from outside).
+pub fn http_get_in(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
+    ns.enter(|| http_get(addr, path))
+}
