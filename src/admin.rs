@@ -61,6 +61,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 pub fn spawn(listener: TcpListener, handler: Handler) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("admin".into()).spawn(move || {
+        // The listener is already bound: serving needs no privilege.
+        if let Err(e) = crate::process::drop_thread_capabilities(&[]) {
+            tracing::warn!(error = %e, "Admin thread keeps its capabilities.");
+        }
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {

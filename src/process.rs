@@ -161,6 +161,10 @@ pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std:
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            // Handling signals and reaping need no privilege.
+            if let Err(e) = drop_thread_capabilities(&[]) {
+                tracing::warn!(error = %e, "Signal thread keeps its capabilities.");
+            }
             for sig in signals.forever() {
                 match sig {
                     SIGCHLD => {
@@ -211,6 +215,38 @@ fn reap_zombies() {
             Ok(status) => tracing::debug!(?status, "Reaped an orphaned process."),
         }
     }
+}
+
+/// Drops the calling thread's capabilities except `keep`, and sets no_new_privs.
+///
+/// Linux capabilities are per thread: every long-lived thread calls this for itself, and threads
+/// started afterwards inherit the reduced sets. The bounding set can only shrink with
+/// CAP_SETPCAP (root); a non-root agent with a file capability clears what it can, and since
+/// it never execs and has no_new_privs, that is all that matters.
+pub fn drop_thread_capabilities(keep: &[caps::Capability]) -> Result<(), String> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let err =
+        |what: &str, e: caps::errors::CapsError| format!("cannot drop capabilities ({what}): {e}");
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| err("read", e))?;
+    let keep: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::read(None, CapSet::Bounding).map_err(|e| err("bounding", e))? {
+            if !keep.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c).map_err(|e| err("bounding", e))?;
+            }
+        }
+    }
+    // Ambient is absent on old kernels; nothing to drop there.
+    let _ = caps::clear(None, CapSet::Ambient);
+    caps::clear(None, CapSet::Inheritable).map_err(|e| err("inheritable", e))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| err("effective", e))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| err("permitted", e))?;
+    Ok(())
 }
 
 /// Sleeps until `d` has passed or a stop is requested; returns true if a stop was requested.

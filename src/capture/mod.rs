@@ -77,6 +77,45 @@ fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
     }
 }
 
+/// After the pcap handle and the first file are open the agent needs no capability: it drops
+/// them all (effective, permitted, inheritable, ambient, and the bounding set when it may), so a
+/// later compromise of the process gains nothing. The one exception: root writing into a
+/// directory that only CAP_DAC_OVERRIDE lets it write (e.g. `sudo` into a user's 0755 directory)
+/// keeps that capability, or the next rotation would fail; it says so.
+fn drop_capabilities_after_open(dir: &std::path::Path) -> Result<(), CaptureError> {
+    let keep = if dir_writable_without_override(dir) {
+        vec![]
+    } else {
+        tracing::warn!(dir = %dir.display(), "The output directory is writable only with CAP_DAC_OVERRIDE; keeping that capability. Make the directory writable by this user to drop it.");
+        vec![caps::Capability::CAP_DAC_OVERRIDE]
+    };
+    crate::process::drop_thread_capabilities(&keep).map_err(CaptureError::Io)?;
+    tracing::info!(kept = ?keep, "Dropped capabilities after opening the capture.");
+    Ok(())
+}
+
+/// Can we create files in `dir` by its owner, group and mode alone?
+fn dir_writable_without_override(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let in_group = m.gid() == gid
+        || nix::unistd::getgroups().is_ok_and(|g| g.iter().any(|g| g.as_raw() == m.gid()));
+    let mode = m.mode();
+    if m.uid() == uid {
+        mode & 0o300 == 0o300
+    } else if in_group {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    }
+}
+
 /// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
 /// duration); Err(Runtime) after finalizing when the capture stopped on an error.
 pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
@@ -140,6 +179,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
                 _ => CaptureError::Io(e.to_string()),
             }
         })?;
+    drop_capabilities_after_open(&cfg.dir)?;
     let first = writer
         .current_path()
         .map(|p| p.display().to_string())

@@ -4,4 +4,5 @@
 
 mod capture;
 mod helpers;
+mod security;
 mod upload;

@@ -1,0 +1,150 @@
+//! Least privilege, verified rather than configured (issue 6): the capture drops every
+//! capability in every thread once the handle is open, and a non-root user with nothing but the
+//! file capability cap_net_raw+ep on the binary can capture.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::*;
+
+fn caps_of_all_threads(pid: i32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        out.push((field("Name:"), field("CapEff:"), field("CapPrm:")));
+    }
+    out
+}
+
+#[test]
+fn capabilities_are_dropped_in_every_thread_after_open() {
+    require_root();
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = capture_cmd(dir.path(), "lo");
+    cmd.args(["-C", "5kB", &format!("udp port {port}")]);
+    let (p, addr) = start_capture(&mut cmd);
+    let threads = caps_of_all_threads(p.pid());
+    assert!(
+        threads.len() >= 4,
+        "main, signals, admin, capture, writer: {threads:?}"
+    );
+    for (name, eff, prm) in &threads {
+        assert_eq!(
+            eff, "0000000000000000",
+            "thread {name} keeps effective capabilities"
+        );
+        assert_eq!(
+            prm, "0000000000000000",
+            "thread {name} keeps permitted capabilities"
+        );
+    }
+    // Still works without them: rotation creates and renames files, /metrics answers.
+    send_udp(port, 200, 100);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(metric(&addr, "sidecap_packets_written_total"), 200);
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    assert_eq!(p.wait_timeout(Duration::from_secs(10)).code(), Some(0));
+    assert!(files_with(dir.path(), ".pcap").len() > 2);
+}
+
+/// A copy of the binary in a directory everyone can traverse, optionally with cap_net_raw+ep.
+fn binary_copy(dir: &Path, with_cap: bool) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = dir.join("sidecap");
+    std::fs::copy(bin(), &b).unwrap();
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if with_cap {
+        sh("setcap", &["cap_net_raw+ep", b.to_str().unwrap()]);
+    }
+    b
+}
+
+fn as_nobody(b: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(b);
+    c
+}
+
+#[test]
+fn non_root_with_only_the_file_capability_captures() {
+    require_root();
+    let bindir = tempdir();
+    let b = binary_copy(bindir.path(), true);
+    let out = tempdir();
+    nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
+    let port = unique_port();
+    let mut cmd = as_nobody(&b);
+    cmd.args(["--log-format", "json", "capture", "-i", "lo", "-w"])
+        .arg(out.path())
+        .args(["--listen", "127.0.0.1:0", &format!("udp port {port}")]);
+    let (mut p, _addr) = start_capture(&mut cmd);
+    // setpriv execs the binary, so the pid is the agent itself.
+    for (name, eff, _) in caps_of_all_threads(p.pid()) {
+        assert_eq!(eff, "0000000000000000", "thread {name}");
+    }
+    send_udp(port, 30, 20);
+    std::thread::sleep(Duration::from_millis(100));
+    p.signal(Signal::SIGTERM);
+    assert_eq!(
+        p.wait_timeout(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        p.log_text()
+    );
+    let f = &files_with(out.path(), ".pcap")[0];
+    assert_eq!(capinfos_count(f), 30);
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(f).unwrap();
+    assert_eq!(m.uid(), 65534, "files belong to the agent's user");
+    assert_eq!(
+        m.mode() & 0o777,
+        0o640,
+        "captured packets are not world-readable"
+    );
+}
+
+#[test]
+fn non_root_without_the_capability_is_told_what_to_grant() {
+    require_root();
+    let bindir = tempdir();
+    let b = binary_copy(bindir.path(), false);
+    let out = tempdir();
+    nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
+    let o = as_nobody(&b)
+        .args(["capture", "-i", "lo", "-w"])
+        .arg(out.path())
+        .args(["--listen", "off"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("setcap cap_net_raw+ep") && err.contains("NET_RAW"),
+        "{err}"
+    );
+    assert!(
+        files_with(out.path(), ".pcap").is_empty() && files_with(out.path(), ".part").is_empty()
+    );
+}
