@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bins
 cargo test --release -- --test-threads=4
-for suite in bench/ci.sh k8s/check.sh tests/e2e/run.sh; do
+for suite in fuzz/run.sh bench/ci.sh k8s/check.sh tests/e2e/run.sh; do
   if [ -x "$suite" ]; then echo "== $suite"; "$suite"; fi
 done

@@ -57,6 +57,9 @@ pub enum Command {
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
     #[command(after_help = EXIT_CODES)]
     Upload(Box<crate::upload::args::UploadArgs>),
+    /// Cut a torn last record from pcap files left by a killed capture, so every reader accepts them.
+    #[command(after_help = EXIT_CODES)]
+    Repair(crate::repair::RepairArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -15,4 +15,5 @@ pub mod logging;
 pub mod metrics;
 pub mod pcapfile;
 pub mod process;
+pub mod repair;
 pub mod upload;

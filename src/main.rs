@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => report(sidecap::capture::run(&args, shutdown).map(|_| ())),
         Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
         Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),
+        Command::Repair(args) => report(sidecap::repair::run(&args)),
     };
     ExitCode::from(code)
 }

@@ -105,6 +105,25 @@ impl Layout {
         Ok(out)
     }
 
+    /// Removes temporaries a killed run may have left: `.<prefix>-….tmp` (a file being
+    /// created) and `<prefix>.done.tmp.<pid>` (a marker being written). Only called by the
+    /// lock holder.
+    pub fn remove_stale_temporaries(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let hidden = format!(".{}-", self.prefix);
+        let marker_tmp = format!("{}.tmp.", self.prefix);
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name.starts_with(&hidden) && name.ends_with(".tmp"))
+                || name.starts_with(&marker_tmp)
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Is a capture process holding the lock right now?
     pub fn capture_running(&self) -> bool {
         let f = match File::open(self.lock_path()) {

@@ -114,6 +114,7 @@ impl Writer {
             summary: WriterSummary::default(),
             full_episode: None,
         };
+        w.layout.remove_stale_temporaries();
         if !existing.is_empty() {
             tracing::info!(
                 files = existing.len(),
@@ -272,22 +273,28 @@ impl Writer {
         }
     }
 
+    /// Creates the next file with its header already in it: the header goes into a hidden
+    /// temporary name first and the file is then linked into place, so a SIGKILL at any moment
+    /// never leaves a `.pcap.part` without a complete header, and link(2) fails rather than
+    /// replace a file that exists.
     fn open_next(&mut self) -> Result<(), WriteError> {
         self.enforce_bound(1, FILE_HEADER_LEN as u64);
         let name = self.layout.part_name(SystemTime::now(), self.next_seq);
         let path = self.layout.dir.join(&name);
+        let tmp = self.layout.dir.join(format!(".{name}.tmp"));
         let create = || -> io::Result<File> {
+            // A leftover from a killed run is ours to replace: we hold the directory lock.
+            let _ = fs::remove_file(&tmp);
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(FILE_MODE)
-                .open(&path)?;
-            if let Err(e) = f.write_all(&self.header) {
-                drop(f);
-                let _ = fs::remove_file(&path);
-                return Err(e);
-            }
-            Ok(f)
+                .open(&tmp)?;
+            let linked = f
+                .write_all(&self.header)
+                .and_then(|_| fs::hard_link(&tmp, &path));
+            let _ = fs::remove_file(&tmp);
+            linked.map(|_| f)
         };
         let file = create().map_err(|source| WriteError::Create {
             path: path.display().to_string(),
