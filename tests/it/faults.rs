@@ -213,3 +213,93 @@ fn repair_cli_makes_a_torn_capture_readable_by_tshark() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a pcap file"));
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Soak: steady load with rotation and the ring bound deleting files; RSS and the number of
+/// open fds must stay flat. 20 s by default; `SIDECAP_SOAK_SECS=600` for a long run.
+#[test]
+fn soak_capture_rss_and_fds_stay_flat() {
+    require_root();
+    let secs: u64 = std::env::var("SIDECAP_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = capture_cmd(dir.path(), "lo");
+    cmd.args([
+        "-C",
+        "2MB",
+        "--max-total-size",
+        "16MiB",
+        &format!("udp port {port}"),
+    ]);
+    let (p, addr) = start_capture(&mut cmd);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let buf = [0x42u8; 500];
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            // About 20k packets/s (10 MB/s), bounded by the soak time plus a margin.
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(secs + 30) {
+                for _ in 0..20 {
+                    let _ = s.send_to(&buf, ("127.0.0.1", port));
+                }
+                n += 20;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push((rss_kib(p.pid()), fd_count(p.pid())));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.join().unwrap();
+    let deleted = metric(&addr, "sidecap_files_deleted_total");
+    let mut p = p;
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_timeout(Duration::from_secs(10)).code(), Some(0));
+    let warm = samples[samples.len() / 4];
+    let peak_rss = samples.iter().map(|s| s.0).max().unwrap();
+    let fds: Vec<usize> = samples.iter().map(|s| s.1).collect();
+    eprintln!(
+        "soak: {secs} s, {sent} packets sent, {deleted} files deleted by the ring, RSS KiB after warm-up {} -> peak {peak_rss} -> end {}, fds {:?}",
+        warm.0,
+        samples.last().unwrap().0,
+        (fds.iter().min().unwrap(), fds.iter().max().unwrap())
+    );
+    assert!(deleted > 0, "the ring bound must have been exercised");
+    assert!(
+        peak_rss <= warm.0 + 8 * 1024,
+        "RSS grew from {} KiB to {peak_rss} KiB",
+        warm.0
+    );
+    assert!(
+        fds[samples.len() / 4..].iter().all(|&f| f == warm.1),
+        "fd count changed: {fds:?}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("capture.done")).unwrap())
+            .unwrap();
+    assert_eq!(m["disk_dropped_packets"], 0);
+}
