@@ -111,6 +111,20 @@ pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
         interface: cfg.interface.clone(),
         msg: e.to_string(),
     })?;
+    // libpcap still defaults cooked captures (`any`) to LINUX_SLL; like tcpdump 4.99, prefer
+    // LINUX_SLL2, which also records the interface index and so tells interfaces apart.
+    const DLT_LINUX_SLL: i32 = 113;
+    const DLT_LINUX_SLL2: i32 = 276;
+    if cap.get_datalink().0 == DLT_LINUX_SLL
+        && cap
+            .list_datalinks()
+            .is_ok_and(|l| l.iter().any(|d| d.0 == DLT_LINUX_SLL2))
+    {
+        if let Err(e) = cap.set_datalink(pcap::Linktype(DLT_LINUX_SLL2)) {
+            tracing::warn!(error = %e, "Could not switch to LINUX_SLL2; writing LINUX_SLL.");
+        }
+    }
+    // After the link type is final: a BPF program is compiled for one link type.
     if let Some(f) = &cfg.filter {
         // Compiled by libpcap only; never handed to a shell.
         cap.filter(f, true).map_err(|e| CaptureError::Filter {

@@ -810,3 +810,30 @@ fn help_and_version() {
     let out = Command::new(bin()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sidecap "));
 }
+
+#[test]
+fn any_interface_writes_linux_sll2_like_tcpdump() {
+    require_root();
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = capture_cmd(dir.path(), "any");
+    cmd.arg(filter(port));
+    let (p, _addr) = start_capture(&mut cmd);
+    send_udp(port, 5, 10);
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, _p) = stop(p);
+    assert_eq!(code, 0);
+    assert_eq!(
+        marker(dir.path())["linktype"],
+        276,
+        "LINUX_SLL2, not libpcap's default SLL v1"
+    );
+    let f = &files_with(dir.path(), ".pcap")[0];
+    let ifindex = tshark_fields(f, Some("udp"), "sll.ifindex");
+    // libpcap drops the outgoing copy of loopback packets on `any`: each datagram once.
+    assert_eq!(ifindex.len(), 5, "{ifindex:?}");
+    assert!(
+        ifindex.iter().all(|i| i == "1"),
+        "lo's ifindex recorded: {ifindex:?}"
+    );
+}
