@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bins
 cargo test --release -- --test-threads=4
+# Dependency licences, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --quiet
+cargo deny --log-level error check licenses bans sources
 for suite in fuzz/run.sh bench/ci.sh k8s/check.sh tests/e2e/run.sh; do
   if [ -x "$suite" ]; then echo "== $suite"; "$suite"; fi
 done
