@@ -179,7 +179,8 @@ impl Writer {
             // The previous open failed on a full disk; try again now.
             if let Err(e) = self.open_next() {
                 if is_disk_full_err(&e) {
-                    return Ok(self.dropped(packets, "cannot create a new file"));
+                    self.dropped(packets, "cannot create a new file");
+                    return Ok(());
                 }
                 return Err(e);
             }
@@ -191,7 +192,8 @@ impl Writer {
             if self.ring.finished_bytes() + cur + n > max {
                 // Only possible when the current file alone is near the bound (validation
                 // keeps -C <= max/2, so only an enormous single buffer gets here).
-                return Ok(self.dropped(packets, "over --max-total-size"));
+                self.dropped(packets, "over --max-total-size");
+                return Ok(());
             }
         }
         let Some(cur) = self.current.as_mut() else {
