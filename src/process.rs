@@ -249,6 +249,30 @@ pub fn drop_thread_capabilities(keep: &[caps::Capability]) -> Result<(), String>
     Ok(())
 }
 
+/// Makes `cap` effective in the calling thread if it is permitted but not effective.
+///
+/// The image gives the binary `cap_net_raw+p` (permitted, without the effective bit) rather
+/// than `+ep`: the kernel refuses to exec a binary whose file capabilities have the effective
+/// bit set when the bounding set lacks one of them, and the uploader container, which runs the
+/// same binary, must not need NET_RAW. A capability-aware program raises what it needs itself.
+/// Returns whether `cap` is effective afterwards.
+pub fn raise_effective(cap: caps::Capability) -> bool {
+    use caps::CapSet;
+    if caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
+        return true;
+    }
+    if !caps::has_cap(None, CapSet::Permitted, cap).unwrap_or(false) {
+        return false;
+    }
+    match caps::raise(None, CapSet::Effective, cap) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, capability = %cap, "Could not raise a permitted capability.");
+            false
+        }
+    }
+}
+
 /// Sleeps until `d` has passed or a stop is requested; returns true if a stop was requested.
 pub async fn sleep_or_stop(shutdown: &Shutdown, d: Duration) -> bool {
     let token = shutdown.token();

@@ -165,6 +165,8 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
     }
 
+    // Only this thread opens the handle; the capability is dropped again right after.
+    crate::process::raise_effective(caps::Capability::CAP_NET_RAW);
     source::wait_for_interface(&cfg, &shutdown);
     let src = source::open(&cfg)?;
     let linktype = src.linktype;

@@ -61,14 +61,15 @@ fn capabilities_are_dropped_in_every_thread_after_open() {
     assert!(files_with(dir.path(), ".pcap").len() > 2);
 }
 
-/// A copy of the binary in a directory everyone can traverse, optionally with cap_net_raw+ep.
-fn binary_copy(dir: &Path, with_cap: bool) -> PathBuf {
+/// A copy of the binary in a directory everyone can traverse, optionally with a file capability
+/// such as `cap_net_raw+ep` or `cap_net_raw+p`.
+fn binary_copy(dir: &Path, file_cap: Option<&str>) -> PathBuf {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let b = dir.join("sidecap");
     std::fs::copy(bin(), &b).unwrap();
     std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if with_cap {
-        sh("setcap", &["cap_net_raw+ep", b.to_str().unwrap()]);
+    if let Some(cap) = file_cap {
+        sh("setcap", &[cap, b.to_str().unwrap()]);
     }
     b
 }
@@ -89,9 +90,17 @@ fn as_nobody(b: &Path) -> Command {
 
 #[test]
 fn non_root_with_only_the_file_capability_captures() {
+    for file_cap in ["cap_net_raw+ep", "cap_net_raw+p"] {
+        captures_as_nobody_with(file_cap);
+    }
+}
+
+/// `+ep` is what `setcap` users know; `+p` (permitted only) is what the image uses, and the
+/// agent raises it to effective itself before opening the handle.
+fn captures_as_nobody_with(file_cap: &str) {
     require_root();
     let bindir = tempdir();
-    let b = binary_copy(bindir.path(), true);
+    let b = binary_copy(bindir.path(), Some(file_cap));
     let out = tempdir();
     nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
     let port = unique_port();
@@ -102,7 +111,7 @@ fn non_root_with_only_the_file_capability_captures() {
     let (mut p, _addr) = start_capture(&mut cmd);
     // setpriv execs the binary, so the pid is the agent itself.
     for (name, eff, _) in caps_of_all_threads(p.pid()) {
-        assert_eq!(eff, "0000000000000000", "thread {name}");
+        assert_eq!(eff, "0000000000000000", "thread {name} with {file_cap}");
     }
     send_udp(port, 30, 20);
     std::thread::sleep(Duration::from_millis(100));
@@ -129,7 +138,7 @@ fn non_root_with_only_the_file_capability_captures() {
 fn non_root_without_the_capability_is_told_what_to_grant() {
     require_root();
     let bindir = tempdir();
-    let b = binary_copy(bindir.path(), false);
+    let b = binary_copy(bindir.path(), None);
     let out = tempdir();
     nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
     let o = as_nobody(&b)
@@ -147,4 +156,37 @@ fn non_root_without_the_capability_is_told_what_to_grant() {
     assert!(
         files_with(out.path(), ".pcap").is_empty() && files_with(out.path(), ".part").is_empty()
     );
+}
+
+/// Why the image sets `cap_net_raw+p` and not `+ep`: the kernel refuses to exec a binary whose
+/// file capabilities carry the effective bit when the bounding set lacks one of them, and the
+/// uploader container runs the same binary with `capabilities.drop: [ALL]` and no NET_RAW.
+#[test]
+fn permitted_only_file_capability_runs_without_net_raw_in_the_bounding_set() {
+    require_root();
+    let bindir = tempdir();
+    for (file_cap, runs) in [("cap_net_raw+p", true), ("cap_net_raw+ep", false)] {
+        let b = binary_copy(bindir.path(), Some(file_cap));
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--bounding-set",
+                "-all",
+                "--",
+            ])
+            .arg(&b)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.success(),
+            runs,
+            "{file_cap}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
