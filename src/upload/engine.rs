@@ -69,6 +69,9 @@ pub struct FileResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<String>,
     pub duration_ms: u64,
+    /// Not attempted because another uploader held the file: worth another look later.
+    #[serde(skip)]
+    pub busy: bool,
 }
 
 /// Counters of the uploader, rendered as Prometheus text.
@@ -227,20 +230,28 @@ impl Engine {
         &self.ledger
     }
 
-    /// Uploads one file before `deadline`, unless it is in the ledger. Never panics, never
-    /// returns after the deadline by more than the time it takes to notice it.
+    /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
+    /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
+    /// Never panics, never returns after the deadline by more than the time it takes to notice.
     pub async fn upload(
         &self,
         c: &Candidate,
         deadline: Instant,
+        lock_until: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let started = Instant::now();
         self.metrics.in_flight.fetch_add(1, Relaxed);
-        let mut r = self.upload_inner(c, deadline, cancel).await;
+        let mut r = self
+            .upload_inner(c, deadline, lock_until.min(deadline), cancel)
+            .await;
         self.metrics.in_flight.fetch_sub(1, Relaxed);
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.repaired = c.repaired.clone();
+        if r.busy {
+            tracing::debug!(file = %r.name, "Another uploader is sending this file; looking again later.");
+            return r;
+        }
         let counter = match r.status {
             FileStatus::Uploaded => {
                 self.metrics.bytes_uploaded.fetch_add(r.bytes, Relaxed);
@@ -264,6 +275,7 @@ impl Engine {
         &self,
         c: &Candidate,
         deadline: Instant,
+        lock_until: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let mut r = FileResult {
@@ -276,6 +288,7 @@ impl Engine {
             error: None,
             repaired: None,
             duration_ms: 0,
+            busy: false,
         };
         let fail = |mut r: FileResult, status: FileStatus, e: String| {
             r.status = status;
@@ -285,7 +298,7 @@ impl Engine {
         if self.cfg.url.is_none() {
             return fail(r, FileStatus::NotAttempted, "no --url configured".into());
         }
-        let lock = match FileLock::acquire(&c.path, deadline, cancel).await {
+        let lock = match FileLock::acquire(&c.path, lock_until, cancel).await {
             Ok(LockOutcome::Locked(l)) => l,
             Ok(LockOutcome::Gone) => {
                 return fail(
@@ -295,15 +308,19 @@ impl Engine {
                 )
             }
             Ok(LockOutcome::Busy) => {
+                if cancel.is_cancelled() {
+                    return fail(
+                        r,
+                        FileStatus::NotAttempted,
+                        "stopped before the upload started".into(),
+                    );
+                }
+                r.busy = true;
                 return fail(
                     r,
                     FileStatus::NotAttempted,
-                    if cancel.is_cancelled() {
-                        "stopped before the upload started".into()
-                    } else {
-                        "deadline reached while another uploader was sending this file".into()
-                    },
-                )
+                    "another uploader is sending this file".into(),
+                );
             }
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
         };
@@ -329,7 +346,10 @@ impl Engine {
                 Ok(f) => f,
                 Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
             };
-            match tokio::task::spawn_blocking(move || prepare(f, gzip, deadline, &cancel)).await {
+            let limit = c.limit;
+            match tokio::task::spawn_blocking(move || prepare(f, limit, gzip, deadline, &cancel))
+                .await
+            {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return fail(r, FileStatus::NotAttempted, e),
                 Err(e) => return fail(r, FileStatus::NotAttempted, format!("digest task: {e}")),
@@ -614,11 +634,16 @@ impl Write for HashWriter {
 /// The first pass: digests of the file and of the body as sent. Stops at the deadline.
 fn prepare(
     mut f: std::fs::File,
+    limit: Option<u64>,
     gzip: bool,
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Prepared, String> {
-    let len = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .len()
+        .min(limit.unwrap_or(u64::MAX));
     f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let mut file_h = Sha256::new();
     let mut gz = gzip.then(|| {
@@ -803,6 +828,7 @@ mod tests {
         let f = std::fs::File::open(&p).unwrap();
         let prep = prepare(
             f.try_clone().unwrap(),
+            None,
             true,
             Instant::now() + Duration::from_secs(60),
             &CancellationToken::new(),

@@ -142,6 +142,7 @@ mod tests {
             error: None,
             repaired: None,
             duration_ms: 0,
+            busy: false,
         }
     }
 

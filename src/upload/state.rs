@@ -76,6 +76,8 @@ pub struct Candidate {
     pub name: String,
     pub seq: u64,
     pub size: u64,
+    /// Upload only this many bytes (a dead capture's file we could not truncate).
+    pub limit: Option<u64>,
     /// Set when it was a dead capture's `.pcap.part` that we repaired: what happened.
     pub repaired: Option<String>,
 }
@@ -104,6 +106,7 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
                 name: f.name,
                 seq: f.seq,
                 size: f.size,
+                limit: None,
                 repaired: None,
             });
         } else if matches!(state, CaptureState::Running) {
@@ -127,11 +130,27 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
 fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
     let done_name = f.name.trim_end_matches(".part").to_string();
     let done_path = f.path.with_file_name(&done_name);
-    let r = crate::repair::repair_file(&f.path, false).map_err(|e| e.to_string())?;
+    // The uploader may run as another user that can read the capture's files (group) but not
+    // write them: then the torn tail stays on disk and only the valid part is uploaded.
+    let (r, limit) = match crate::repair::repair_file(&f.path, false) {
+        Ok(r) => (r, None),
+        Err(crate::repair::RepairError::Truncate(..)) => {
+            let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
+            let valid = r.scan.valid_len;
+            (r, Some(valid))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let what = if r.removed > 0 {
         format!(
-            "left by a capture that died: removed {} bytes of a torn last record, kept {} packets",
-            r.removed, r.scan.packets
+            "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
+            if limit.is_some() {
+                "file not writable, upload stops before"
+            } else {
+                "removed"
+            },
+            r.removed,
+            r.scan.packets
         )
     } else {
         format!(
@@ -154,6 +173,7 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
         name: done_name,
         seq: f.seq,
         size: r.scan.valid_len,
+        limit,
         repaired: Some(what),
     })
 }

@@ -393,6 +393,12 @@ fn continuous_and_prestop_never_double_send() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // t0: both preStop paths start (exec and HTTP), racing the continuous loop.
+    let t0 = Instant::now();
+    assert!(
+        rx.accepted().iter().any(|r| r.at < t0),
+        "--continuous uploaded rotated files before t0: {}",
+        uploader.log_text()
+    );
     let mut exec = Proc::spawn(&mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"));
     let http = std::thread::spawn(move || http_get(&admin, "/prestop"));
     std::thread::sleep(Duration::from_millis(700));
@@ -766,4 +772,28 @@ fn exec_hook_logs_reach_the_containers_pid1_stdout() {
     )
     .unwrap();
     assert_eq!(pid1.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+}
+
+#[test]
+fn prestop_moves_past_a_file_another_uploader_holds_and_comes_back() {
+    let (dir, names) = finished_capture(2);
+    let rx = Receiver::start(vec![]);
+    // Another uploader (say --continuous in another container) is sending the newest file.
+    let held = std::fs::File::open(dir.path().join(&names[1])).unwrap();
+    let lock = nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut p = Proc::spawn(&mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"));
+    std::thread::sleep(Duration::from_millis(1500));
+    // The older file did not wait behind the held one.
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()]);
+    let released = Instant::now();
+    drop(lock);
+    assert_eq!(
+        p.wait_timeout(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        p.log_text()
+    );
+    let reqs = rx.requests();
+    assert_eq!(names_of(&reqs), vec![names[0].clone(), names[1].clone()]);
+    assert!(reqs[1].at >= released);
 }
