@@ -51,6 +51,16 @@ pub enum FileStatus {
 }
 
 impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Uploaded => "uploaded",
+            FileStatus::AlreadyUploaded => "already_uploaded",
+            FileStatus::Rejected => "rejected",
+            FileStatus::Failed => "failed",
+            FileStatus::NotAttempted => "not_attempted",
+        }
+    }
+
     pub fn is_done(self) -> bool {
         matches!(self, FileStatus::Uploaded | FileStatus::AlreadyUploaded)
     }
@@ -795,7 +805,7 @@ fn log_result(r: &FileResult) {
         _ => tracing::error!(
             file = %r.name,
             bytes = r.bytes,
-            status = ?r.status,
+            status = r.status.as_str(),
             http_status = r.http_status.unwrap_or(0),
             attempts = r.attempts,
             error = r.error.as_deref().unwrap_or(""),

@@ -99,7 +99,7 @@ impl Report {
             tracing::error!(
                 left = self.totals.left,
                 files = ?self.not_uploaded,
-                "Upload deadline reached with files left: deadline reached."
+                "Upload deadline reached: files left that were not uploaded."
             );
         }
         let t = &self.totals;

@@ -52,7 +52,14 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
 pub fn capture_state(layout: &Layout) -> CaptureState {
     let running = layout.capture_running();
     let marker_meta = std::fs::metadata(layout.marker_path()).ok();
-    let marker = marker_meta.as_ref().and_then(|_| layout.read_marker());
+    // The marker's existence is the signal (it is written atomically, last); its content is
+    // detail. One we cannot parse (another sidecap version) still means "final".
+    let marker = marker_meta.as_ref().map(|_| {
+        layout.read_marker().unwrap_or_else(|| DoneMarker {
+            reason: "done marker present but not readable by this version".into(),
+            ..Default::default()
+        })
+    });
     if running {
         let lock_meta = std::fs::metadata(layout.lock_path()).ok();
         return match (marker, marker_meta, lock_meta) {
@@ -193,6 +200,17 @@ mod tests {
         };
         files::write_atomic(&l.marker_path(), &serde_json::to_vec(&m).unwrap()).unwrap();
         assert!(matches!(capture_state(&l), CaptureState::Final(_)));
+    }
+
+    #[test]
+    fn an_unreadable_marker_still_means_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        std::fs::write(l.marker_path(), b"{\"future\": true}").unwrap();
+        match capture_state(&l) {
+            CaptureState::Final(m) => assert!(m.reason.contains("not readable")),
+            s => panic!("{s:?}"),
+        }
     }
 
     #[test]
