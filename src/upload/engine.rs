@@ -510,10 +510,17 @@ impl Engine {
         for (n, v) in &cfg.pod {
             req = req.header(n, v);
         }
-        if let Some(t) = &cfg.bearer_token {
-            if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                v.set_sensitive(true);
-                req = req.header(header::AUTHORIZATION, v);
+        if let Some(p) = &cfg.bearer_token_file {
+            let mut redactor = cfg.redactor.clone();
+            match super::config::read_token(p, &mut redactor) {
+                Ok(t) => {
+                    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                        v.set_sensitive(true);
+                        req = req.header(header::AUTHORIZATION, v);
+                    }
+                }
+                // Worth a retry: a Secret being updated is briefly absent.
+                Err(e) => return Attempt::Transport(TransportError::Other, e),
             }
         }
         req = req

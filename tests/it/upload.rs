@@ -797,3 +797,54 @@ fn prestop_moves_past_a_file_another_uploader_holds_and_comes_back() {
     assert_eq!(names_of(&reqs), vec![names[0].clone(), names[1].clone()]);
     assert!(reqs[1].at >= released);
 }
+
+#[test]
+fn continuous_uploads_new_files_with_a_rotated_token() {
+    let dir = tempdir();
+    let secrets = tempdir();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "FIRSTTOKEN111").unwrap();
+    let first = "capture-20261122T154101Z-000001.pcap";
+    write_pcap(&dir.path().join(first), 5, 80);
+    let rx = Receiver::start(vec![]);
+    let mut up = Proc::spawn(
+        Command::new(bin())
+            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+            .arg(dir.path())
+            .args([
+                "--url",
+                &rx.url("/in"),
+                "--poll-interval",
+                "100ms",
+                "--listen",
+                "off",
+            ])
+            .arg("--bearer-token-file")
+            .arg(&token),
+    );
+    let wait_for = |n: usize| {
+        let t0 = Instant::now();
+        while rx.accepted().len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}", up.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(1);
+    // The Secret is updated (projected tokens rotate hourly) and the capture finishes a file.
+    std::fs::write(&token, "SECONDTOKEN222").unwrap();
+    let second = "capture-20261122T154102Z-000002.pcap";
+    write_pcap(&dir.path().join(second), 5, 80);
+    wait_for(2);
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+    let got = rx.accepted();
+    assert_eq!(names_of(&got), vec![first.to_string(), second.to_string()]);
+    assert_eq!(got[0].header("authorization"), Some("Bearer FIRSTTOKEN111"));
+    assert_eq!(
+        got[1].header("authorization"),
+        Some("Bearer SECONDTOKEN222")
+    );
+    let log = up.log_text();
+    assert!(!log.contains("FIRSTTOKEN111") && !log.contains("SECONDTOKEN222"));
+    assert_eq!(rx.requests().len(), 2, "nothing sent twice");
+}
