@@ -848,3 +848,118 @@ fn continuous_uploads_new_files_with_a_rotated_token() {
     assert!(!log.contains("FIRSTTOKEN111") && !log.contains("SECONDTOKEN222"));
     assert_eq!(rx.requests().len(), 2, "nothing sent twice");
 }
+
+#[test]
+fn capture_that_never_finalizes_gets_its_complete_files_out_and_says_so() {
+    let (dir, names) = finished_capture(2);
+    std::fs::remove_file(dir.path().join("capture.done")).unwrap();
+    // A capture that runs past the deadline: it holds the lock and writes a .part.
+    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
+    let _lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let live = "capture-20261122T154103Z-000003.pcap.part";
+    write_pcap(&dir.path().join(live), 3, 60);
+    let rx = Receiver::start(vec![]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 5, "{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // It did not sit idle until the end: the complete files went out at once ...
+    let reqs = rx.accepted();
+    assert_eq!(names_of(&reqs), vec![names[1].clone(), names[0].clone()]);
+    // ... and it stopped waiting early enough to have uploaded a last file.
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    assert!(log.contains("has not finalized"), "{log}");
+    let rep = report(dir.path());
+    assert!(
+        rep["reason"]
+            .as_str()
+            .unwrap()
+            .contains("capture still running"),
+        "{rep:#}"
+    );
+    assert_eq!(rep["not_uploaded"], serde_json::json!([live]));
+    assert!(
+        dir.path().join(live).exists(),
+        "a live capture's file is never touched"
+    );
+}
+
+#[test]
+fn uploader_as_another_user_reads_through_the_group_and_uploads_a_dead_part_it_cannot_repair() {
+    require_root();
+    // The capture ran as root and died: its files are root-owned, mode 0640, in a directory the
+    // uploader's group may write (an emptyDir with fsGroup). The uploader runs as nobody with
+    // only that group.
+    let dir = tempdir();
+    let part = dir.path().join("capture-20261122T154101Z-000001.pcap.part");
+    write_pcap(&part, 30, 90);
+    let full = std::fs::read(&part).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .unwrap();
+        f.write_all(&[9; 7]).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let gid = nix::unistd::Gid::from_raw(65534);
+    nix::unistd::chown(dir.path(), None, Some(gid)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2770)).unwrap();
+    nix::unistd::chown(&part, None, Some(gid)).unwrap();
+    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let rx = Receiver::start(vec![]);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(bin())
+    .args(["--log-format", "json", "upload", "--dir"])
+    .arg(dir.path())
+    .args([
+        "--url",
+        &rx.url("/in"),
+        "--grace-period",
+        "10s",
+        "--log-to-pid1",
+        "never",
+    ]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(15));
+    assert_eq!(code, 0, "{log}");
+    let got = rx.accepted();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].len,
+        full.len() as u64,
+        "only the valid records were sent"
+    );
+    assert_eq!(got[0].sha256, sha256_hex(&full));
+    let done = dir.path().join("capture-20261122T154101Z-000001.pcap");
+    assert!(done.exists(), "renamed (the directory is writable)");
+    assert_eq!(
+        std::fs::metadata(&done).unwrap().len(),
+        full.len() as u64 + 7,
+        "not truncated"
+    );
+    let rep = report(dir.path());
+    assert!(
+        rep["files"][0]["repaired"]
+            .as_str()
+            .unwrap()
+            .contains("not writable"),
+        "{rep:#}"
+    );
+    // The ledger and report the uploader created are its own, group-readable.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(dir.path().join("capture.upload-ledger.jsonl"))
+            .unwrap()
+            .uid(),
+        65534
+    );
+}
