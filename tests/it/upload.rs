@@ -963,3 +963,110 @@ fn uploader_as_another_user_reads_through_the_group_and_uploads_a_dead_part_it_c
         65534
     );
 }
+
+fn proc_status_kib(pid: i32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Soak (issue 6): capture with rotation under steady load while `uploader --continuous` ships
+/// every file; the uploader's RSS and open fds stay flat and no file is sent twice. 15 s by
+/// default; `SIDECAP_SOAK_SECS=600` for a long run.
+#[test]
+fn soak_continuous_upload_rss_and_fds_stay_flat() {
+    require_root();
+    let secs: u64 = std::env::var("SIDECAP_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let dir = tempdir();
+    let port = unique_port();
+    let rx = Receiver::start(vec![]);
+    let (mut cap, _) = start_capture(capture_cmd(dir.path(), "lo").args([
+        "-C",
+        "512kB",
+        "--filter",
+        &format!("udp port {port}"),
+    ]));
+    let mut up = Proc::spawn(
+        Command::new(bin())
+            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+            .arg(dir.path())
+            .args([
+                "--url",
+                &rx.url("/in"),
+                "--poll-interval",
+                "200ms",
+                "--listen",
+                "off",
+            ]),
+    );
+    up.wait_log("Continuous upload started", Duration::from_secs(10));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let buf = [0x17u8; 500];
+            let t0 = Instant::now();
+            // About 2 MB/s: a new file every quarter second.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(secs + 30)
+            {
+                for _ in 0..4 {
+                    let _ = s.send_to(&buf, ("127.0.0.1", port));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(500));
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", up.pid()))
+            .unwrap()
+            .count();
+        samples.push((proc_status_kib(up.pid(), "VmRSS:"), fds));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+    cap.signal(Signal::SIGTERM);
+    assert_eq!(cap.wait_timeout(Duration::from_secs(10)).code(), Some(0));
+    // The preStop run ships the last file; everything else went continuously.
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"),
+        Duration::from_secs(25),
+    );
+    assert_eq!(code, 0, "{log}");
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+
+    let on_disk = files_with(dir.path(), ".pcap");
+    let mut sent = names_of(&rx.requests());
+    let n_sent = sent.len();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), n_sent, "a file was sent twice");
+    assert_eq!(sent.len(), on_disk.len(), "every file sent");
+    assert!(
+        on_disk.len() >= (secs as usize) * 2,
+        "rotation too slow: {}",
+        on_disk.len()
+    );
+    let warm = samples.len() / 4;
+    let (first, second) = samples[warm..].split_at((samples.len() - warm) / 2);
+    let max = |s: &[(u64, usize)], f: fn(&(u64, usize)) -> u64| s.iter().map(f).max().unwrap();
+    let (rss1, rss2) = (max(first, |s| s.0), max(second, |s| s.0));
+    let (fd1, fd2) = (max(first, |s| s.1 as u64), max(second, |s| s.1 as u64));
+    eprintln!(
+        "upload soak: {secs} s, {} files uploaded continuously, RSS max KiB {rss1} -> {rss2}, fds max {fd1} -> {fd2}",
+        on_disk.len()
+    );
+    assert!(rss2 <= rss1 + 4 * 1024, "uploader RSS grew: {samples:?}");
+    assert!(fd2 <= fd1 + 1, "uploader fds grew: {samples:?}");
+}
