@@ -48,6 +48,9 @@ pub enum FileStatus {
     Failed,
     /// No time (or no lock) was left to try it.
     NotAttempted,
+    /// Deleted by the capture's ring bound (`--max-files`, `--max-total-size`) before it could
+    /// be sent: lost by configuration, not by the upload.
+    Deleted,
 }
 
 impl FileStatus {
@@ -58,6 +61,7 @@ impl FileStatus {
             FileStatus::Rejected => "rejected",
             FileStatus::Failed => "failed",
             FileStatus::NotAttempted => "not_attempted",
+            FileStatus::Deleted => "deleted",
         }
     }
 
@@ -92,6 +96,7 @@ pub struct UploadMetrics {
     pub files_already_uploaded: AtomicU64,
     pub files_rejected: AtomicU64,
     pub files_failed: AtomicU64,
+    pub files_deleted: AtomicU64,
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -139,6 +144,12 @@ impl UploadMetrics {
             "counter",
             "Files whose attempts all failed before their deadline.",
             &self.files_failed,
+        );
+        m(
+            "sidecap_upload_files_deleted_total",
+            "counter",
+            "Files the capture's ring bound deleted before they could be uploaded.",
+            &self.files_deleted,
         );
         m(
             "sidecap_upload_attempts_total",
@@ -275,6 +286,7 @@ impl Engine {
             FileStatus::AlreadyUploaded => &self.metrics.files_already_uploaded,
             FileStatus::Rejected => &self.metrics.files_rejected,
             FileStatus::Failed | FileStatus::NotAttempted => &self.metrics.files_failed,
+            FileStatus::Deleted => &self.metrics.files_deleted,
         };
         counter.fetch_add(1, Relaxed);
         log_result(&r);
@@ -313,7 +325,7 @@ impl Engine {
             Ok(LockOutcome::Gone) => {
                 return fail(
                     r,
-                    FileStatus::NotAttempted,
+                    FileStatus::Deleted,
                     "the file was deleted (capture ring bound) before it could be uploaded".into(),
                 )
             }
@@ -808,6 +820,11 @@ fn log_result(r: &FileResult) {
             file = %r.name,
             status = "already_uploaded",
             "Already uploaded (ledger); not sent again."
+        ),
+        FileStatus::Deleted => tracing::warn!(
+            file = %r.name,
+            status = "deleted",
+            "Deleted by the capture's ring bound before it could be uploaded (raise --max-total-size or upload continuously)."
         ),
         _ => tracing::error!(
             file = %r.name,

@@ -64,7 +64,10 @@ impl Run {
     fn put(&mut self, r: FileResult) {
         if matches!(
             r.status,
-            FileStatus::Uploaded | FileStatus::AlreadyUploaded | FileStatus::Rejected
+            FileStatus::Uploaded
+                | FileStatus::AlreadyUploaded
+                | FileStatus::Rejected
+                | FileStatus::Deleted
         ) {
             self.settled.insert(r.name.clone());
         }
@@ -129,6 +132,22 @@ impl Run {
             self.capture = listing.state.describe();
             self.live_parts = listing.live_parts.clone();
             let is_final = listing.state.is_final();
+            // A file we found locked by another uploader and that has since disappeared was
+            // deleted by the capture's ring bound.
+            let listed: HashSet<&str> = listing.ready.iter().map(|c| c.name.as_str()).collect();
+            let mut vanished = Vec::new();
+            for r in self.results.iter_mut() {
+                if r.busy && !listed.contains(r.name.as_str()) {
+                    r.busy = false;
+                    r.status = FileStatus::Deleted;
+                    r.error = Some(
+                        "the file was deleted (capture ring bound) before it could be uploaded"
+                            .into(),
+                    );
+                    vanished.push(r.name.clone());
+                }
+            }
+            self.settled.extend(vanished);
             let mut pending: Vec<Candidate> = listing
                 .ready
                 .into_iter()

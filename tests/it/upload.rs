@@ -1070,3 +1070,33 @@ fn soak_continuous_upload_rss_and_fds_stay_flat() {
     assert!(rss2 <= rss1 + 4 * 1024, "uploader RSS grew: {samples:?}");
     assert!(fd2 <= fd1 + 1, "uploader fds grew: {samples:?}");
 }
+
+#[test]
+fn a_file_deleted_by_the_ring_bound_before_its_turn_is_reported_as_deleted() {
+    let (dir, names) = finished_capture(2);
+    let rx = Receiver::start(vec![]);
+    // Held by another uploader, then deleted by the capture's ring bound.
+    let path = dir.path().join(&names[1]);
+    let lock = nix::fcntl::Flock::lock(
+        std::fs::File::open(&path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let mut p = Proc::spawn(&mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"));
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::remove_file(&path).unwrap();
+    drop(lock);
+    let st = p.wait_timeout(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{}", p.log_text());
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, &names[0]), "uploaded");
+    assert_eq!(file_status(&rep, &names[1]), "deleted");
+    assert_eq!(
+        (
+            rep["totals"]["deleted"].as_u64(),
+            rep["totals"]["left"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(rep["not_uploaded"], serde_json::json!([names[1]]));
+}
