@@ -1100,3 +1100,39 @@ fn a_file_deleted_by_the_ring_bound_before_its_turn_is_reported_as_deleted() {
     );
     assert_eq!(rep["not_uploaded"], serde_json::json!([names[1]]));
 }
+
+#[test]
+fn http_prestop_hook_reports_failure_with_500_and_metrics_hold_no_secret() {
+    let (dir, names) = finished_capture(1);
+    let rx = Receiver::start(vec![Action::Status(403)]);
+    let url = rx.url("/in?token=QUERYSECRET999");
+    let mut up = Proc::spawn(
+        Command::new(bin())
+            .args(["--log-format", "json", "uploader", "--dir"])
+            .arg(dir.path())
+            .args([
+                "--url",
+                &url,
+                "--listen",
+                "127.0.0.1:0",
+                "--grace-period",
+                "10s",
+            ]),
+    );
+    let admin = up.admin_addr();
+    let (status, body) = http_get(&admin, "/prestop").expect("answer");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("failed=1"), "{body}");
+    assert_eq!(file_status(&report(dir.path()), &names[0]), "rejected");
+    let (_, metrics) = http_get(&admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sidecap_upload_files_rejected_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(&admin, "/livez").unwrap().0, 200);
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+    for text in [body, metrics, up.log_text()] {
+        assert!(!text.contains("QUERYSECRET999"), "{text}");
+    }
+}
