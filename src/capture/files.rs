@@ -183,8 +183,21 @@ impl CaptureLock {
             .truncate(false)
             .mode(FILE_MODE)
             .open(&path)?;
-        let mut lock = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        {
+        // An uploader checking whether a capture runs holds a shared lock for a few
+        // microseconds; retry briefly so that probe never makes a starting capture fail.
+        let mut f = f;
+        let mut tries = 0;
+        let lock = loop {
+            match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Err((back, errno)) if errno == nix::errno::Errno::EWOULDBLOCK && tries < 20 => {
+                    tries += 1;
+                    f = back;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let mut lock = match lock {
             Ok(l) => l,
             Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
                 let pid = fs::read_to_string(&path)

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -81,8 +81,20 @@ pub struct Writer {
     next_seq: u64,
     current: Option<OpenFile>,
     summary: WriterSummary,
-    /// Packets dropped in the current disk-full episode; Some while the disk is full.
-    full_episode: Option<u64>,
+    /// Some while the disk is full, or was within the last [`EPISODE_QUIET`].
+    full_episode: Option<FullEpisode>,
+}
+
+/// A disk-full episode ends only after writing has gone on this long without a drop. A nearly
+/// full disk flaps (a small buffer fits, the next one does not); without a quiet period every
+/// flap would log a new warning.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
+struct FullEpisode {
+    dropped: u64,
+    last_drop: Instant,
+    /// A write succeeded after the last drop.
+    written_since: bool,
 }
 
 fn is_disk_full(e: &io::Error) -> bool {
@@ -210,7 +222,7 @@ impl Writer {
                 self.metrics
                     .dir_bytes
                     .store(self.ring.finished_bytes() + cur.len, Relaxed);
-                self.end_episode();
+                self.wrote_ok();
                 Ok(())
             }
             Err(e) => {
@@ -237,20 +249,44 @@ impl Writer {
             .disk_dropped_packets
             .fetch_add(packets, Relaxed);
         match self.full_episode.as_mut() {
-            Some(n) => *n += packets,
+            Some(ep) => {
+                ep.dropped += packets;
+                ep.last_drop = Instant::now();
+                ep.written_since = false;
+            }
             None => {
                 tracing::warn!(reason = why, dir = %self.layout.dir.display(), "Cannot write captured packets; dropping them until space returns. Files written so far stay valid.");
-                self.full_episode = Some(packets);
+                self.full_episode = Some(FullEpisode {
+                    dropped: packets,
+                    last_drop: Instant::now(),
+                    written_since: false,
+                });
+            }
+        }
+    }
+
+    fn wrote_ok(&mut self) {
+        if let Some(ep) = self.full_episode.as_mut() {
+            ep.written_since = true;
+            if ep.last_drop.elapsed() >= EPISODE_QUIET {
+                self.end_episode();
             }
         }
     }
 
     fn end_episode(&mut self) {
-        if let Some(n) = self.full_episode.take() {
-            tracing::warn!(
-                dropped_packets = n,
-                "Writing resumed after a disk-full episode."
-            );
+        if let Some(ep) = self.full_episode.take() {
+            if ep.written_since {
+                tracing::warn!(
+                    dropped_packets = ep.dropped,
+                    "Writing resumed after a disk-full episode."
+                );
+            } else {
+                tracing::warn!(
+                    dropped_packets = ep.dropped,
+                    "Stopping during a disk-full episode."
+                );
+            }
         }
     }
 
