@@ -66,7 +66,10 @@ fn capabilities_are_dropped_in_every_thread_after_open() {
 fn binary_copy(dir: &Path, file_cap: Option<&str>) -> PathBuf {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let b = dir.join("sidecap");
-    std::fs::copy(bin(), &b).unwrap();
+    // Copied by a child process, not by std::fs::copy: a write descriptor open in this process
+    // leaks into children that other test threads fork at that moment, and exec of the copy
+    // then fails with ETXTBSY ("Text file busy").
+    sh("cp", &[bin().to_str().unwrap(), b.to_str().unwrap()]);
     std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).unwrap();
     if let Some(cap) = file_cap {
         sh("setcap", &[cap, b.to_str().unwrap()]);
