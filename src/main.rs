@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             });
         }
     };
-    sidecap::logging::init(cli.log_format, cli.log_level.as_deref());
+    match &cli.command {
+        // The exec preStop hook also logs to the container's main stdout (see upload::logging).
+        Command::Upload(a) => {
+            sidecap::upload::logging::init(cli.log_format, cli.log_level.as_deref(), a.log_to_pid1)
+        }
+        _ => sidecap::logging::init(cli.log_format, cli.log_level.as_deref()),
+    }
     let shutdown = Shutdown::new();
     if let Err(e) = process::install_signal_handlers(
         &shutdown,

@@ -1,9 +1,134 @@
-//! Command-line flags of the uploader subcommands.
+//! Command-line flags of the uploader subcommands: raw values and their environment variables.
+//! [`super::config`] turns them into a validated configuration before anything runs.
+//!
+//! Values that may carry secrets (`--url`, `--header`) hide their environment values in
+//! `--help`, so `sidecap upload --help` inside a Pod never prints them.
 
-use clap::Args;
+use std::path::PathBuf;
 
+use clap::{Args, ValueEnum};
+
+/// Where the uploader sidecar's admin server listens by default (the capture uses 9797).
+pub const DEFAULT_UPLOADER_LISTEN: &str = "0.0.0.0:9798";
+/// Kubernetes' default terminationGracePeriodSeconds.
+pub const DEFAULT_GRACE_PERIOD: &str = "30s";
+/// Time kept back from the grace period for writing the report and exiting: the kubelet's
+/// SIGKILL comes at t0 + grace, and our start is a little after t0.
+pub const DEFAULT_SAFETY_MARGIN: &str = "2s";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    #[value(name = "POST")]
+    Post,
+    #[value(name = "PUT")]
+    Put,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogToPid1 {
+    /// When not PID 1 and /proc/1/fd/1 is writable (an exec hook inside the container).
+    Auto,
+    Always,
+    Never,
+}
+
+/// Options shared by `uploader` and `upload`: where the files are and how to send them.
 #[derive(Args, Debug, Clone)]
-pub struct UploadArgs {}
+pub struct UploadOpts {
+    /// Directory the capture writes to (the shared volume).
+    #[arg(short = 'w', long, env = "SIDECAP_DIR", default_value = ".")]
+    pub dir: PathBuf,
 
+    /// File name prefix of the capture (same as `sidecap capture --prefix`).
+    #[arg(long, env = "SIDECAP_PREFIX", default_value = "capture")]
+    pub prefix: String,
+
+    /// Receiver URL. `{file}` is replaced by the percent-encoded file name (for PUT to
+    /// WebDAV or bucket paths). Treated as a secret: its query string is never logged.
+    #[arg(long, env = "SIDECAP_UPLOAD_URL", hide_env_values = true)]
+    pub url: Option<String>,
+
+    /// HTTP method. PUT works with presigned S3/GCS/Azure URLs and WebDAV.
+    #[arg(long, env = "SIDECAP_METHOD", value_enum, default_value_t = Method::Post, ignore_case = true)]
+    pub method: Method,
+
+    /// Send the file as multipart/form-data in this form field instead of a raw body.
+    #[arg(long, env = "SIDECAP_FORM")]
+    pub form: Option<String>,
+
+    /// Compress the body with gzip (Content-Encoding: gzip).
+    #[arg(long, env = "SIDECAP_GZIP")]
+    pub gzip: bool,
+
+    /// Extra request header `Name: value` (repeatable; in the environment, one per line).
+    #[arg(
+        long = "header",
+        env = "SIDECAP_HEADER",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub headers: Vec<String>,
+
+    /// File holding a bearer token (a mounted Secret), sent as `Authorization: Bearer ...`.
+    #[arg(long, env = "SIDECAP_BEARER_TOKEN_FILE")]
+    pub bearer_token_file: Option<PathBuf>,
+
+    /// PEM file of extra CA certificates to trust (a private CA). TLS is always verified.
+    #[arg(long, env = "SIDECAP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Which files go first when the budget may not cover all of them.
+    #[arg(long, env = "SIDECAP_ORDER", value_enum, default_value_t = Order::NewestFirst)]
+    pub order: Order,
+
+    /// The Pod's terminationGracePeriodSeconds: the preStop path must be done by
+    /// start + grace period - safety margin.
+    #[arg(long, env = "SIDECAP_GRACE_PERIOD", default_value = DEFAULT_GRACE_PERIOD)]
+    pub grace_period: String,
+
+    /// Time kept back from the grace period (report, exit, clock skew between hooks).
+    #[arg(long, env = "SIDECAP_SAFETY_MARGIN", default_value = DEFAULT_SAFETY_MARGIN)]
+    pub safety_margin: String,
+}
+
+/// `sidecap upload`: the preStop path (exec hook).
 #[derive(Args, Debug, Clone)]
-pub struct UploaderArgs {}
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub opts: UploadOpts,
+
+    /// Also write log lines to /proc/1/fd/1 so an exec hook's output shows in the container
+    /// log (kubelet shows nothing of a hook's own output).
+    #[arg(long, env = "SIDECAP_LOG_TO_PID1", value_enum, default_value_t = LogToPid1::Auto)]
+    pub log_to_pid1: LogToPid1,
+}
+
+/// `sidecap uploader`: the long-running sidecar.
+#[derive(Args, Debug, Clone)]
+pub struct UploaderArgs {
+    #[command(flatten)]
+    pub opts: UploadOpts,
+
+    /// Upload each finished .pcap as soon as it appears (needs --url).
+    #[arg(long, env = "SIDECAP_CONTINUOUS")]
+    pub continuous: bool,
+
+    /// How often --continuous looks for finished files.
+    #[arg(long, env = "SIDECAP_POLL_INTERVAL", default_value = "2s")]
+    pub poll_interval: String,
+
+    /// Time allowed for one file in --continuous mode (the preStop path uses the grace period).
+    #[arg(long, env = "SIDECAP_FILE_TIMEOUT", default_value = "5m")]
+    pub file_timeout: String,
+
+    /// Admin HTTP address: GET /livez, /readyz, /metrics and /prestop (the HTTP preStop hook).
+    /// `off` disables it.
+    #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_UPLOADER_LISTEN)]
+    pub listen: String,
+}

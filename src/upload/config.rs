@@ -1,0 +1,261 @@
+//! Raw upload flags -> a validated [`UploadConfig`]: the URL, headers, token and CA file are
+//! checked once, before anything runs, and every secret found on the way is registered with the
+//! [`Redactor`] so no later message can leak it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use url::Url;
+
+use super::args::{Method, Order, UploadOpts};
+use super::redact::{self, Redactor};
+use crate::capture::files::Layout;
+use crate::config::parse_duration;
+
+/// The placeholder in `--url` replaced by the percent-encoded file name.
+pub const FILE_PLACEHOLDER: &str = "{file}";
+
+/// Downward-API environment variables sent as `X-Sidecap-Pod-*` headers when present.
+pub const POD_ENV: [(&str, &str); 4] = [
+    ("POD_NAME", "x-sidecap-pod-name"),
+    ("POD_NAMESPACE", "x-sidecap-pod-namespace"),
+    ("POD_UID", "x-sidecap-pod-uid"),
+    ("NODE_NAME", "x-sidecap-pod-node"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A malformed value: exit code 2 (usage).
+    #[error("{0}")]
+    Usage(String),
+    /// A file we were pointed at cannot be used: exit code 3 (configuration).
+    #[error("{0}")]
+    File(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    pub layout: Layout,
+    /// The URL as given (may contain `{file}`); never log it, use `url_display`.
+    pub url: Option<String>,
+    pub url_display: String,
+    pub method: Method,
+    pub form: Option<String>,
+    pub gzip: bool,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub bearer_token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub order: Order,
+    pub grace: Duration,
+    pub margin: Duration,
+    pub pod: Vec<(HeaderName, HeaderValue)>,
+    pub pod_uid: String,
+    pub redactor: Redactor,
+}
+
+impl UploadConfig {
+    /// The preStop budget: grace period minus safety margin.
+    pub fn budget(&self) -> Duration {
+        self.grace.saturating_sub(self.margin)
+    }
+
+    /// The URL for one file, with `{file}` replaced.
+    pub fn url_for(&self, name: &str) -> Option<String> {
+        self.url
+            .as_ref()
+            .map(|u| u.replace(FILE_PLACEHOLDER, &percent_encode(name)))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parses `Name: value`.
+pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| "invalid --header: expected 'Name: value'".to_string())?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("invalid --header name {:?}", name.trim()))?;
+    let mut value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("invalid --header value for {name}"))?;
+    if redact::is_sensitive_header(name.as_str()) {
+        value.set_sensitive(true);
+    }
+    Ok((name, value))
+}
+
+pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, ConfigError> {
+    let usage = ConfigError::Usage;
+    let mut redactor = Redactor::default();
+    let grace =
+        parse_duration(&o.grace_period).map_err(|e| usage(format!("--grace-period: {e}")))?;
+    let margin =
+        parse_duration(&o.safety_margin).map_err(|e| usage(format!("--safety-margin: {e}")))?;
+    if margin >= grace {
+        return Err(usage(format!(
+            "--safety-margin ({}) must be shorter than --grace-period ({}): nothing would be left for uploading",
+            o.safety_margin, o.grace_period
+        )));
+    }
+    if o.prefix.is_empty() || o.prefix.contains('/') {
+        return Err(usage(format!("invalid --prefix {:?}", o.prefix)));
+    }
+    let url = match &o.url {
+        Some(u) if !u.trim().is_empty() => {
+            let u = u.trim().to_string();
+            redactor.add_url(&u);
+            // `{file}` is not valid in every URL part; check the URL with a sample name.
+            let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
+                usage(format!(
+                    "invalid --url {}: {e}",
+                    redact::url_for_display(&u)
+                ))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(usage(format!(
+                    "invalid --url {}: only http and https are supported",
+                    redact::url_for_display(&u)
+                )));
+            }
+            if parsed.host_str().is_none() {
+                return Err(usage(format!(
+                    "invalid --url {}: no host",
+                    redact::url_for_display(&u)
+                )));
+            }
+            Some(u)
+        }
+        _ if url_required => {
+            return Err(usage(
+                "--url (or SIDECAP_UPLOAD_URL) is required".to_string(),
+            ))
+        }
+        _ => None,
+    };
+    let url_display = url
+        .as_deref()
+        .map(redact::url_for_display)
+        .unwrap_or_else(|| "(none)".into());
+    if let Some(f) = &o.form {
+        if f.is_empty() || f.contains('"') || f.contains('\n') {
+            return Err(usage(format!("invalid --form field name {f:?}")));
+        }
+    }
+    let mut headers = Vec::new();
+    for h in o.headers.iter().filter(|h| !h.trim().is_empty()) {
+        let (n, v) = parse_header(h).map_err(usage)?;
+        // Any header value may be a credential (API keys come in many names): scrub them all
+        // from messages. Short values are skipped so that "1" does not blank every number.
+        if let Ok(s) = v.to_str() {
+            redactor.add(s);
+        }
+        headers.push((n, v));
+    }
+    let bearer_token = match &o.bearer_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::File(format!("--bearer-token-file {}: {e}", p.display()))
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(ConfigError::File(format!(
+                    "--bearer-token-file {} is empty",
+                    p.display()
+                )));
+            }
+            if HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
+                return Err(ConfigError::File(format!(
+                    "--bearer-token-file {}: the token has characters not allowed in a header",
+                    p.display()
+                )));
+            }
+            redactor.add(&t);
+            Some(t)
+        }
+        None => None,
+    };
+    let ca_pem = match &o.ca_file {
+        Some(p) => Some(read_ca(p)?),
+        None => None,
+    };
+    let mut pod = Vec::new();
+    let mut pod_uid = String::new();
+    for (env, header) in POD_ENV {
+        if let Ok(v) = std::env::var(env) {
+            if env == "POD_UID" {
+                pod_uid = v.clone();
+            }
+            if let Ok(hv) = HeaderValue::from_str(&v) {
+                pod.push((HeaderName::from_static(header), hv));
+            }
+        }
+    }
+    Ok(UploadConfig {
+        layout: Layout::new(&o.dir, &o.prefix),
+        url,
+        url_display,
+        method: o.method,
+        form: o.form.clone(),
+        gzip: o.gzip,
+        headers,
+        bearer_token,
+        ca_pem,
+        order: o.order,
+        grace,
+        margin,
+        pod,
+        pod_uid,
+        redactor,
+    })
+}
+
+fn read_ca(p: &PathBuf) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(p)
+        .map_err(|e| ConfigError::File(format!("--ca-file {}: {e}", p.display())))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(c) if !c.is_empty() => Ok(pem),
+        Ok(_) => Err(ConfigError::File(format!(
+            "--ca-file {}: no PEM certificate found",
+            p.display()
+        ))),
+        Err(e) => Err(ConfigError::File(format!("--ca-file {}: {e}", p.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("capture-20261122T154123Z-000001.pcap"),
+            "capture-20261122T154123Z-000001.pcap"
+        );
+        assert_eq!(percent_encode("a b/c?d"), "a%20b%2Fc%3Fd");
+    }
+
+    #[test]
+    fn headers_parse_and_mark_secrets() {
+        let (n, v) = parse_header("X-Api-Key:  abc ").unwrap();
+        assert_eq!(n.as_str(), "x-api-key");
+        assert_eq!(v.to_str().unwrap(), "abc");
+        assert!(v.is_sensitive());
+        let (_, v) = parse_header("X-Team: net").unwrap();
+        assert!(!v.is_sensitive());
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+    }
+}

@@ -1,0 +1,835 @@
+//! The upload engine: one file, one deadline, retries inside it. Every path (the exec hook,
+//! the HTTP hook, `--continuous`) uploads through [`Engine::upload`].
+//!
+//! Memory stays bounded whatever the file size: a first pass streams the file through SHA-256
+//! (and through gzip when `--gzip`, whose output is deterministic, so its digest and length are
+//! known before sending), then the body is streamed from the file in 64 KiB chunks with a
+//! `Content-Length`, which presigned-URL receivers require. Each attempt carries a timeout equal
+//! to what is left of the budget, which bounds connect, send and read together; connects alone
+//! are bounded shorter so a black-holed address still leaves time for retries.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::header::{self, HeaderValue};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::args::Method;
+use super::config::UploadConfig;
+use super::ledger::{self, FileLock, Ledger, LockOutcome};
+use super::retry::{self, RetryAction, TransportError};
+use super::state::Candidate;
+
+pub const PCAP_MEDIA_TYPE: &str = "application/vnd.tcpdump.pcap";
+const CHUNK: usize = 64 * 1024;
+/// A connect that has not succeeded in this long will not: retry on a fresh one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How much of an error response body is kept for the report (scrubbed).
+const ERROR_BODY_LIMIT: usize = 512;
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Sent now and accepted.
+    Uploaded,
+    /// In the ledger: sent earlier (by this or another uploader), not sent again.
+    AlreadyUploaded,
+    /// Refused for good (4xx other than 408/429, 3xx, 501, TLS certificate failure).
+    Rejected,
+    /// Attempted, but every attempt failed before the deadline (or a stop).
+    Failed,
+    /// No time (or no lock) was left to try it.
+    NotAttempted,
+}
+
+impl FileStatus {
+    pub fn is_done(self) -> bool {
+        matches!(self, FileStatus::Uploaded | FileStatus::AlreadyUploaded)
+    }
+}
+
+/// The outcome for one file, as it appears in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileResult {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub status: FileStatus,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Counters of the uploader, rendered as Prometheus text.
+#[derive(Default)]
+pub struct UploadMetrics {
+    pub files_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub files_already_uploaded: AtomicU64,
+    pub files_rejected: AtomicU64,
+    pub files_failed: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub last_success_seconds: AtomicU64,
+    pub prestop_runs: AtomicU64,
+}
+
+impl UploadMetrics {
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(1024);
+        let mut m = |name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        };
+        m(
+            "sidecap_upload_files_total",
+            "counter",
+            "Files uploaded and accepted by the receiver.",
+            &self.files_uploaded,
+        );
+        m(
+            "sidecap_upload_bytes_total",
+            "counter",
+            "Bytes of files uploaded (file size, before gzip).",
+            &self.bytes_uploaded,
+        );
+        m(
+            "sidecap_upload_files_skipped_total",
+            "counter",
+            "Files found in the ledger (uploaded earlier) and not sent again.",
+            &self.files_already_uploaded,
+        );
+        m(
+            "sidecap_upload_files_rejected_total",
+            "counter",
+            "Files refused for good by the receiver (or its TLS certificate).",
+            &self.files_rejected,
+        );
+        m(
+            "sidecap_upload_files_failed_total",
+            "counter",
+            "Files whose attempts all failed before their deadline.",
+            &self.files_failed,
+        );
+        m(
+            "sidecap_upload_attempts_total",
+            "counter",
+            "HTTP requests sent.",
+            &self.attempts,
+        );
+        m(
+            "sidecap_upload_retries_total",
+            "counter",
+            "Attempts that were retries.",
+            &self.retries,
+        );
+        m(
+            "sidecap_upload_in_flight",
+            "gauge",
+            "Files being uploaded now.",
+            &self.in_flight,
+        );
+        m(
+            "sidecap_upload_last_success_time_seconds",
+            "gauge",
+            "Unix time of the last accepted upload.",
+            &self.last_success_seconds,
+        );
+        m(
+            "sidecap_upload_prestop_runs_total",
+            "counter",
+            "preStop uploads run (exec or HTTP hook).",
+            &self.prestop_runs,
+        );
+        s
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+}
+
+pub struct Engine {
+    client: reqwest::Client,
+    cfg: Arc<UploadConfig>,
+    ledger: Ledger,
+    pub metrics: Arc<UploadMetrics>,
+}
+
+/// Digests from the first pass.
+struct Prepared {
+    /// SHA-256 of the file bytes we send (hex).
+    file_sha: String,
+    /// SHA-256 of the body on the wire (base64), and its length.
+    body_sha_b64: String,
+    body_len: u64,
+    file_len: u64,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Status {
+        code: u16,
+        retry_after: Option<String>,
+        body: String,
+    },
+    Transport(TransportError, String),
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<UploadConfig>, metrics: Arc<UploadMetrics>) -> Result<Engine, EngineError> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Not followed: a streamed body cannot be replayed, and credentials must not
+            // travel to wherever a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sidecap/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &cfg.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| EngineError::Client(format!("--ca-file: {e}")))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let client = b.build().map_err(|e| EngineError::Client(e.to_string()))?;
+        Ok(Engine {
+            client,
+            ledger: Ledger::new(&cfg.layout),
+            cfg,
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &UploadConfig {
+        &self.cfg
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Uploads one file before `deadline`, unless it is in the ledger. Never panics, never
+    /// returns after the deadline by more than the time it takes to notice it.
+    pub async fn upload(
+        &self,
+        c: &Candidate,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> FileResult {
+        let started = Instant::now();
+        self.metrics.in_flight.fetch_add(1, Relaxed);
+        let mut r = self.upload_inner(c, deadline, cancel).await;
+        self.metrics.in_flight.fetch_sub(1, Relaxed);
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r.repaired = c.repaired.clone();
+        let counter = match r.status {
+            FileStatus::Uploaded => {
+                self.metrics.bytes_uploaded.fetch_add(r.bytes, Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.metrics.last_success_seconds.store(now, Relaxed);
+                &self.metrics.files_uploaded
+            }
+            FileStatus::AlreadyUploaded => &self.metrics.files_already_uploaded,
+            FileStatus::Rejected => &self.metrics.files_rejected,
+            FileStatus::Failed | FileStatus::NotAttempted => &self.metrics.files_failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        log_result(&r);
+        r
+    }
+
+    async fn upload_inner(
+        &self,
+        c: &Candidate,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> FileResult {
+        let mut r = FileResult {
+            name: c.name.clone(),
+            bytes: c.size,
+            sha256: None,
+            status: FileStatus::NotAttempted,
+            attempts: 0,
+            http_status: None,
+            error: None,
+            repaired: None,
+            duration_ms: 0,
+        };
+        let fail = |mut r: FileResult, status: FileStatus, e: String| {
+            r.status = status;
+            r.error = Some(e);
+            r
+        };
+        if self.cfg.url.is_none() {
+            return fail(r, FileStatus::NotAttempted, "no --url configured".into());
+        }
+        let lock = match FileLock::acquire(&c.path, deadline, cancel).await {
+            Ok(LockOutcome::Locked(l)) => l,
+            Ok(LockOutcome::Gone) => {
+                return fail(
+                    r,
+                    FileStatus::NotAttempted,
+                    "the file was deleted (capture ring bound) before it could be uploaded".into(),
+                )
+            }
+            Ok(LockOutcome::Busy) => {
+                return fail(
+                    r,
+                    FileStatus::NotAttempted,
+                    if cancel.is_cancelled() {
+                        "stopped before the upload started".into()
+                    } else {
+                        "deadline reached while another uploader was sending this file".into()
+                    },
+                )
+            }
+            Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
+        };
+        match self.ledger.contains(&c.name) {
+            Ok(true) => {
+                r.status = FileStatus::AlreadyUploaded;
+                return r;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // Without the ledger we cannot promise "never twice"; the receiver still gets an
+                // Idempotency-Key. Losing the file would be worse than a duplicate.
+                tracing::warn!(file = %c.name, ledger = %self.ledger.path().display(), error = %e, "Cannot read the upload ledger; uploading anyway.");
+            }
+        }
+        let file = match lock.file() {
+            Ok(f) => f,
+            Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
+        };
+        let prep = {
+            let (f, gzip, cancel) = (file.try_clone(), self.cfg.gzip, cancel.clone());
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
+            };
+            match tokio::task::spawn_blocking(move || prepare(f, gzip, deadline, &cancel)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return fail(r, FileStatus::NotAttempted, e),
+                Err(e) => return fail(r, FileStatus::NotAttempted, format!("digest task: {e}")),
+            }
+        };
+        r.bytes = prep.file_len;
+        r.sha256 = Some(prep.file_sha.clone());
+        let key = idempotency_key(&self.cfg.pod_uid, &c.name, &prep.file_sha);
+        let mut last_error = String::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < retry::MIN_ATTEMPT || cancel.is_cancelled() {
+                let why = if cancel.is_cancelled() {
+                    "stopped"
+                } else {
+                    "deadline reached"
+                };
+                let status = if r.attempts == 0 {
+                    FileStatus::NotAttempted
+                } else {
+                    FileStatus::Failed
+                };
+                let msg = if last_error.is_empty() {
+                    why.to_string()
+                } else {
+                    format!("{why}; last error: {last_error}")
+                };
+                return fail(r, status, msg);
+            }
+            r.attempts += 1;
+            self.metrics.attempts.fetch_add(1, Relaxed);
+            if r.attempts > 1 {
+                self.metrics.retries.fetch_add(1, Relaxed);
+            }
+            let attempt = tokio::select! {
+                a = self.send_once(c, &file, &prep, &key, remaining, r.attempts) => a,
+                _ = cancel.cancelled() => Attempt::Transport(TransportError::Other, "stopped during the upload".into()),
+            };
+            let action = match &attempt {
+                Attempt::Status {
+                    code,
+                    retry_after,
+                    body,
+                } => {
+                    r.http_status = Some(*code);
+                    let a =
+                        retry::classify_status(*code, retry_after.as_deref(), SystemTime::now());
+                    if a != RetryAction::Success {
+                        last_error = format!(
+                            "HTTP {code}{}",
+                            if body.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {body}")
+                            }
+                        );
+                        if (300..400).contains(code) {
+                            last_error.push_str(
+                                " (redirects are not followed: set --url to the final location)",
+                            );
+                        }
+                    }
+                    a
+                }
+                Attempt::Transport(kind, msg) => {
+                    last_error = msg.clone();
+                    retry::classify_transport(*kind)
+                }
+            };
+            match action {
+                RetryAction::Success => {
+                    r.status = FileStatus::Uploaded;
+                    r.error = None;
+                    let entry = ledger::Entry {
+                        name: c.name.clone(),
+                        bytes: prep.file_len,
+                        sha256: prep.file_sha.clone(),
+                        uploaded_at: crate::capture::files::rfc3339(SystemTime::now()),
+                        http_status: r.http_status.unwrap_or(0),
+                        idempotency_key: key.clone(),
+                    };
+                    if let Err(e) = self.ledger.record(&entry) {
+                        tracing::warn!(file = %c.name, error = %e, "Uploaded, but cannot record it in the ledger: a later run may send it again (with the same Idempotency-Key).");
+                    }
+                    drop(lock);
+                    return r;
+                }
+                RetryAction::Permanent => return fail(r, FileStatus::Rejected, last_error),
+                RetryAction::Retry { retry_after } => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let b = retry::backoff(
+                        r.attempts - 1,
+                        BACKOFF_BASE,
+                        BACKOFF_CAP,
+                        rand::random::<f64>(),
+                    );
+                    let Some(sleep) = retry::next_sleep(b, retry_after, remaining) else {
+                        continue; // the top of the loop reports the deadline
+                    };
+                    tracing::warn!(
+                        file = %c.name,
+                        attempt = r.attempts,
+                        error = %last_error,
+                        retry_in_ms = sleep.as_millis() as u64,
+                        "Upload attempt failed; retrying."
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        c: &Candidate,
+        file: &std::fs::File,
+        prep: &Prepared,
+        key: &str,
+        remaining: Duration,
+        attempt: u32,
+    ) -> Attempt {
+        let cfg = &self.cfg;
+        let redact = |e: &reqwest::Error| classify_reqwest(e, &cfg.redactor);
+        let url = match cfg.url_for(&c.name) {
+            Some(u) => u,
+            None => return Attempt::Transport(TransportError::Other, "no --url".into()),
+        };
+        let method = match cfg.method {
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+        };
+        let body = match body_stream(file, prep.file_len, cfg.gzip) {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Transport(
+                    TransportError::Other,
+                    format!("cannot read the file: {e}"),
+                )
+            }
+        };
+        let mut req = self.client.request(method, &url).timeout(remaining);
+        for (n, v) in &cfg.headers {
+            req = req.header(n, v);
+        }
+        for (n, v) in &cfg.pod {
+            req = req.header(n, v);
+        }
+        if let Some(t) = &cfg.bearer_token {
+            if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                v.set_sensitive(true);
+                req = req.header(header::AUTHORIZATION, v);
+            }
+        }
+        req = req
+            .header("x-sidecap-file", &c.name)
+            .header("x-sidecap-sha256", &prep.file_sha)
+            .header("x-sidecap-attempt", attempt.to_string())
+            .header("idempotency-key", key);
+        if let Some(field) = &cfg.form {
+            let (fname, mime) = if cfg.gzip {
+                (format!("{}.gz", c.name), "application/gzip")
+            } else {
+                (c.name.clone(), PCAP_MEDIA_TYPE)
+            };
+            let part =
+                reqwest::multipart::Part::stream_with_length(body, prep.body_len).file_name(fname);
+            let part = match part.mime_str(mime) {
+                Ok(p) => p,
+                Err(e) => return Attempt::Transport(TransportError::Other, e.to_string()),
+            };
+            req = req.multipart(reqwest::multipart::Form::new().part(field.clone(), part));
+        } else {
+            req = req
+                .header(header::CONTENT_TYPE, PCAP_MEDIA_TYPE)
+                .header(header::CONTENT_LENGTH, prep.body_len)
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", c.name),
+                )
+                .header("content-digest", format!("sha-256=:{}:", prep.body_sha_b64))
+                .body(body);
+            if cfg.gzip {
+                req = req.header(header::CONTENT_ENCODING, "gzip");
+            }
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let (k, m) = redact(&e);
+                return Attempt::Transport(k, m);
+            }
+        };
+        let code = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // Read (a bounded part of) the response so the connection can be reused and an error
+        // says what the receiver said.
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(ch)) => {
+                    if body.len() < ERROR_BODY_LIMIT {
+                        body.extend_from_slice(&ch[..ch.len().min(ERROR_BODY_LIMIT - body.len())]);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if (200..300).contains(&code) {
+                        // The status is what counts; a body cut short after it changes nothing.
+                        break;
+                    }
+                    let (k, m) = redact(&e);
+                    return Attempt::Transport(k, m);
+                }
+            }
+        }
+        let text = if (200..300).contains(&code) {
+            String::new()
+        } else {
+            let t = String::from_utf8_lossy(&body);
+            let t: String = t
+                .chars()
+                .map(|ch| if ch.is_control() { ' ' } else { ch })
+                .collect();
+            cfg.redactor.scrub(t.trim())
+        };
+        Attempt::Status {
+            code,
+            retry_after,
+            body: text,
+        }
+    }
+}
+
+impl FileLock {
+    /// A new handle on the locked file (the lock stays with the original).
+    pub fn file(&self) -> io::Result<std::fs::File> {
+        self.handle().try_clone()
+    }
+}
+
+/// Stable across retries and re-runs of any uploader of this Pod: the same file content under
+/// the same name from the same Pod always has the same key.
+pub fn idempotency_key(pod_uid: &str, name: &str, sha256_hex: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"sidecap-upload-v1\n");
+    h.update(pod_uid.as_bytes());
+    h.update(b"\n");
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update(sha256_hex.as_bytes());
+    hex(&h.finalize()[..16])
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A writer that only hashes and counts what is written to it.
+struct HashWriter {
+    h: Sha256,
+    n: u64,
+}
+
+impl Write for HashWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.h.update(b);
+        self.n += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The first pass: digests of the file and of the body as sent. Stops at the deadline.
+fn prepare(
+    mut f: std::fs::File,
+    gzip: bool,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Prepared, String> {
+    let len = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut file_h = Sha256::new();
+    let mut gz = gzip.then(|| {
+        flate2::write::GzEncoder::new(
+            HashWriter {
+                h: Sha256::new(),
+                n: 0,
+            },
+            flate2::Compression::fast(),
+        )
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        if Instant::now() >= deadline {
+            return Err("deadline reached while computing the digest".into());
+        }
+        if cancel.is_cancelled() {
+            return Err("stopped while computing the digest".into());
+        }
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want]).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the file shrank while being read".into());
+        }
+        file_h.update(&buf[..n]);
+        if let Some(g) = gz.as_mut() {
+            g.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        left -= n as u64;
+    }
+    let file_digest = file_h.finalize();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (body_sha_b64, body_len) = match gz {
+        Some(g) => {
+            let w = g.finish().map_err(|e| e.to_string())?;
+            (b64.encode(w.h.finalize()), w.n)
+        }
+        None => (b64.encode(file_digest), len),
+    };
+    Ok(Prepared {
+        file_sha: hex(&file_digest),
+        body_sha_b64,
+        body_len,
+        file_len: len,
+    })
+}
+
+/// The body of one attempt: the first `len` bytes of the file, raw or gzipped, as a stream.
+fn body_stream(file: &std::fs::File, len: u64, gzip: bool) -> io::Result<reqwest::Body> {
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    if !gzip {
+        let r = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(f), len);
+        return Ok(reqwest::Body::wrap_stream(
+            tokio_util::io::ReaderStream::with_capacity(r, CHUNK),
+        ));
+    }
+    // gzip runs on its own thread and hands chunks over a small bounded channel, so memory
+    // stays at a few chunks however large the file is.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    std::thread::Builder::new()
+        .name("gzip".into())
+        .spawn(move || {
+            struct ChanWriter(tokio::sync::mpsc::Sender<io::Result<Bytes>>);
+            impl Write for ChanWriter {
+                fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                    self.0
+                        .blocking_send(Ok(Bytes::copy_from_slice(b)))
+                        .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> io::Result<()> {
+                    Ok(())
+                }
+            }
+            let w = io::BufWriter::with_capacity(CHUNK, ChanWriter(tx.clone()));
+            let mut g = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            let res = io::copy(&mut (&mut f).take(len), &mut g)
+                .and_then(|_| g.finish())
+                .and_then(|mut w| w.flush());
+            if let Err(e) = res {
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        })?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// Maps a reqwest error to a transport class and a message with no URL and no secret in it.
+fn classify_reqwest(e: &reqwest::Error, r: &super::redact::Redactor) -> (TransportError, String) {
+    let mut chain = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    let detail = chain.join(": ");
+    let lower = detail.to_ascii_lowercase();
+    let kind = if e.is_timeout() {
+        TransportError::Timeout
+    } else if lower.contains("certificate") || lower.contains("invalidcertificate") {
+        TransportError::Certificate
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        TransportError::Dns
+    } else if e.is_connect() {
+        TransportError::Connect
+    } else if e.is_request() || e.is_body() {
+        TransportError::Broken
+    } else {
+        TransportError::Other
+    };
+    let what = match kind {
+        TransportError::Timeout => "timed out (the attempt's budget ran out)",
+        TransportError::Certificate => "TLS certificate rejected (use --ca-file for a private CA)",
+        TransportError::Dns => "cannot resolve the receiver's host name",
+        TransportError::Connect => "cannot connect to the receiver",
+        TransportError::Broken => "connection broken during the request",
+        TransportError::Other => "request failed",
+    };
+    let msg = if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    };
+    (kind, r.scrub(&msg))
+}
+
+fn log_result(r: &FileResult) {
+    match r.status {
+        FileStatus::Uploaded => tracing::info!(
+            file = %r.name,
+            bytes = r.bytes,
+            status = "uploaded",
+            http_status = r.http_status.unwrap_or(0),
+            attempts = r.attempts,
+            duration_ms = r.duration_ms,
+            "Uploaded."
+        ),
+        FileStatus::AlreadyUploaded => tracing::info!(
+            file = %r.name,
+            status = "already_uploaded",
+            "Already uploaded (ledger); not sent again."
+        ),
+        _ => tracing::error!(
+            file = %r.name,
+            bytes = r.bytes,
+            status = ?r.status,
+            http_status = r.http_status.unwrap_or(0),
+            attempts = r.attempts,
+            error = r.error.as_deref().unwrap_or(""),
+            "File not uploaded."
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_is_stable_and_distinct() {
+        let a = idempotency_key("uid-1", "capture-1.pcap", "ab");
+        assert_eq!(a, idempotency_key("uid-1", "capture-1.pcap", "ab"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, idempotency_key("uid-2", "capture-1.pcap", "ab"));
+        assert_ne!(a, idempotency_key("uid-1", "capture-2.pcap", "ab"));
+        assert_ne!(a, idempotency_key("uid-1", "capture-1.pcap", "ac"));
+    }
+
+    #[test]
+    fn gzip_digest_matches_what_is_streamed() {
+        // The first pass and the body must produce the same bytes, or Content-Digest lies.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let prep = prepare(
+            f.try_clone().unwrap(),
+            true,
+            Instant::now() + Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sent = rt.block_on(async {
+            use futures_util::StreamExt;
+            let body = body_stream(&f, prep.file_len, true).unwrap();
+            let mut s = http_body_util::BodyDataStream::new(body);
+            let mut out = Vec::new();
+            while let Some(ch) = s.next().await {
+                out.extend_from_slice(&ch.unwrap());
+            }
+            out
+        });
+        assert_eq!(sent.len() as u64, prep.body_len);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(b64.encode(Sha256::digest(&sent)), prep.body_sha_b64);
+        let mut dec = Vec::new();
+        flate2::read::GzDecoder::new(&sent[..])
+            .read_to_end(&mut dec)
+            .unwrap();
+        assert_eq!(dec, data);
+        assert_eq!(prep.file_sha, hex(&Sha256::digest(&data)));
+    }
+}

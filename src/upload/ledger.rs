@@ -1,0 +1,202 @@
+//! Idempotence on the shared volume. Hooks are at-least-once, and `--continuous`, the exec
+//! hook and the HTTP hook may all see the same file, possibly from different processes.
+//!
+//! - The ledger `<dir>/<prefix>.upload-ledger.jsonl` has one JSON line per file the receiver
+//!   accepted, appended with O_APPEND and fsynced before the file counts as uploaded. A file
+//!   named there is never sent again.
+//! - Before an uploader reads the ledger for a file it takes an exclusive flock(2) on the
+//!   capture file itself (opened read-only, so any reader of the volume can lock it). The lock
+//!   is held until the ledger line is written, so two uploaders never send the same file at the
+//!   same time and the second one finds the first one's line. The capture never locks data
+//!   files, so this cannot disturb it.
+//!
+//! If the receiver accepted a file but we died before the fsync of the ledger line, the file is
+//! sent once more on the next run, with the same `Idempotency-Key`: at-least-once, never lost.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::files::{Layout, FILE_MODE};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub uploaded_at: String,
+    pub http_status: u16,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    path: PathBuf,
+}
+
+pub fn ledger_path(layout: &Layout) -> PathBuf {
+    layout
+        .dir
+        .join(format!("{}.upload-ledger.jsonl", layout.prefix))
+}
+
+impl Ledger {
+    pub fn new(layout: &Layout) -> Ledger {
+        Ledger {
+            path: ledger_path(layout),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names of every file recorded as uploaded. A torn last line (a crash mid-append) is
+    /// ignored: its file was not confirmed, so it is sent again.
+    pub fn uploaded(&self) -> io::Result<HashSet<String>> {
+        let f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = HashSet::new();
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            if let Ok(e) = serde_json::from_str::<Entry>(&line) {
+                out.insert(e.name);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn contains(&self, name: &str) -> io::Result<bool> {
+        Ok(self.uploaded()?.contains(name))
+    }
+
+    /// Appends one entry durably.
+    pub fn record(&self, e: &Entry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(FILE_MODE)
+            .open(&self.path)?;
+        // A previous writer killed mid-line left no newline: start on a fresh line so ours
+        // parses.
+        let len = f.metadata()?.len();
+        if len > 0 && !ends_with_newline(&self.path, len)? {
+            line.insert(0, b'\n');
+        }
+        f.write_all(&line)?;
+        f.sync_data()
+    }
+}
+
+fn ends_with_newline(path: &Path, len: u64) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
+}
+
+/// An exclusive flock on a capture file, released on drop.
+pub struct FileLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+pub enum LockOutcome {
+    Locked(FileLock),
+    /// The file disappeared (the ring bound deleted it).
+    Gone,
+    /// Someone else held it until the deadline.
+    Busy,
+}
+
+impl FileLock {
+    pub(super) fn handle(&self) -> &File {
+        &self._lock
+    }
+
+    fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
+        let f = File::open(path)?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(FileLock { _lock: l })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(io::Error::from(e)),
+        }
+    }
+
+    /// Takes the lock, waiting while another uploader holds it, until `until` or `cancel`.
+    pub async fn acquire(
+        path: &Path,
+        until: Instant,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> io::Result<LockOutcome> {
+        loop {
+            match Self::try_lock(path) {
+                Ok(Some(l)) => return Ok(LockOutcome::Locked(l)),
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockOutcome::Gone),
+                Err(e) => return Err(e),
+            }
+            if Instant::now() + Duration::from_millis(50) >= until || cancel.is_cancelled() {
+                return Ok(LockOutcome::Busy);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(LockOutcome::Busy),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            bytes: 1,
+            sha256: "00".into(),
+            uploaded_at: "t".into(),
+            http_status: 200,
+            idempotency_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn records_survive_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(&Layout::new(dir.path(), "capture"));
+        assert!(l.uploaded().unwrap().is_empty());
+        l.record(&entry("a")).unwrap();
+        // A writer killed mid-line.
+        let mut f = OpenOptions::new().append(true).open(l.path()).unwrap();
+        f.write_all(b"{\"name\":\"tor").unwrap();
+        l.record(&entry("b")).unwrap();
+        let got = l.uploaded().unwrap();
+        assert!(got.contains("a") && got.contains("b") && got.len() == 2);
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let first = FileLock::try_lock(&p).unwrap();
+        assert!(first.is_some());
+        assert!(FileLock::try_lock(&p).unwrap().is_none());
+        drop(first);
+        assert!(FileLock::try_lock(&p).unwrap().is_some());
+        assert!(FileLock::try_lock(&dir.path().join("gone")).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! What a preStop upload tells people: the `Upload summary` log event and the JSON report
+//! `<dir>/<prefix>.upload-report.json`, written atomically. kubelet shows nothing of a hook's
+//! output, so these two are the only record; neither ever holds a secret (the URL is shown
+//! redacted and every error was scrubbed by the engine).
+
+use serde::Serialize;
+
+use super::engine::{FileResult, FileStatus};
+use crate::capture::files::{self, Layout};
+use crate::exit;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Totals {
+    pub files: usize,
+    pub uploaded: usize,
+    pub already_uploaded: usize,
+    pub rejected: usize,
+    /// Rejected, or every attempt failed.
+    pub failed: usize,
+    /// Every file not uploaded (failed + not attempted).
+    pub left: usize,
+    pub bytes_uploaded: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub sidecap_version: &'static str,
+    /// "exec" (`sidecap upload`) or "http" (`GET /prestop`).
+    pub hook: &'static str,
+    pub started_at: String,
+    pub finished_at: String,
+    /// The instant the run had to be done by (start + grace period - safety margin).
+    pub deadline: String,
+    pub grace_period_ms: u64,
+    pub safety_margin_ms: u64,
+    pub deadline_reached: bool,
+    /// The receiver, with user info and query string redacted.
+    pub url: String,
+    /// The capture as last seen: running / final (reason) / dead.
+    pub capture: String,
+    /// Why the run ended, in one sentence.
+    pub reason: String,
+    pub exit_code: u8,
+    pub totals: Totals,
+    /// Files not uploaded, by name (the same as the failed / not attempted entries below).
+    pub not_uploaded: Vec<String>,
+    pub files: Vec<FileResult>,
+}
+
+pub fn report_path(layout: &Layout) -> std::path::PathBuf {
+    layout
+        .dir
+        .join(format!("{}.upload-report.json", layout.prefix))
+}
+
+pub fn totals(files: &[FileResult]) -> Totals {
+    let mut t = Totals {
+        files: files.len(),
+        ..Default::default()
+    };
+    for f in files {
+        match f.status {
+            FileStatus::Uploaded => {
+                t.uploaded += 1;
+                t.bytes_uploaded += f.bytes;
+            }
+            FileStatus::AlreadyUploaded => t.already_uploaded += 1,
+            FileStatus::Rejected => {
+                t.rejected += 1;
+                t.failed += 1;
+            }
+            FileStatus::Failed => t.failed += 1,
+            FileStatus::NotAttempted => {}
+        }
+        if !f.status.is_done() {
+            t.left += 1;
+        }
+    }
+    t
+}
+
+/// 0 when everything is uploaded, 6 when the receiver rejected a file for good, else 5.
+pub fn exit_code(t: &Totals) -> u8 {
+    if t.rejected > 0 {
+        exit::REJECTED
+    } else if t.left > 0 {
+        exit::DEADLINE
+    } else {
+        exit::OK
+    }
+}
+
+impl Report {
+    /// Logs the summary event and writes the report file (errors are logged, not returned: a
+    /// read-only volume must not turn a successful upload into a failure).
+    pub fn publish(&self, layout: &Layout) {
+        if self.deadline_reached {
+            tracing::error!(
+                left = self.totals.left,
+                files = ?self.not_uploaded,
+                "Upload deadline reached with files left: deadline reached."
+            );
+        }
+        let t = &self.totals;
+        tracing::info!(
+            uploaded = t.uploaded,
+            already_uploaded = t.already_uploaded,
+            failed = t.failed,
+            left = t.left,
+            bytes = t.bytes_uploaded,
+            deadline_reached = self.deadline_reached,
+            capture = %self.capture,
+            reason = %self.reason,
+            exit_code = self.exit_code,
+            "Upload summary"
+        );
+        let path = report_path(layout);
+        match serde_json::to_vec_pretty(self) {
+            Ok(json) => {
+                if let Err(e) = files::write_atomic(&path, &json) {
+                    tracing::warn!(report = %path.display(), error = %e, "Cannot write the upload report.");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot serialize the upload report."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(status: FileStatus) -> FileResult {
+        FileResult {
+            name: "x".into(),
+            bytes: 10,
+            sha256: None,
+            status,
+            attempts: 1,
+            http_status: None,
+            error: None,
+            repaired: None,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn totals_and_exit_codes() {
+        let t = totals(&[f(FileStatus::Uploaded), f(FileStatus::AlreadyUploaded)]);
+        assert_eq!((t.uploaded, t.already_uploaded, t.left), (1, 1, 0));
+        assert_eq!(exit_code(&t), exit::OK);
+        let t = totals(&[
+            f(FileStatus::Uploaded),
+            f(FileStatus::Failed),
+            f(FileStatus::NotAttempted),
+        ]);
+        assert_eq!((t.failed, t.left), (1, 2));
+        assert_eq!(exit_code(&t), exit::DEADLINE);
+        let t = totals(&[f(FileStatus::Rejected), f(FileStatus::NotAttempted)]);
+        assert_eq!((t.rejected, t.failed, t.left), (1, 1, 2));
+        assert_eq!(exit_code(&t), exit::REJECTED);
+        assert_eq!(exit_code(&totals(&[])), exit::OK);
+    }
+}

@@ -1,0 +1,195 @@
+//! Reading the capture's side of the file contract: is the capture final, and which files may
+//! be uploaded.
+//!
+//! - Lock held and no marker newer than the lock: the capture runs. Its `.pcap` files are
+//!   complete and may be uploaded; its `.pcap.part` is its own.
+//! - Lock held and a marker written after the lock was taken (marker mtime >= lock mtime): the
+//!   capture finalized and is exiting. A restarted capture removes the old marker right after
+//!   taking the lock, and rewrites the lock file when it takes it, so an old marker is never
+//!   newer than the lock of a running capture.
+//! - Lock free: nothing will write any more. With a marker the capture stopped (cleanly or
+//!   not, the marker says); without one it died (SIGKILL, OOM) or never ran.
+//!
+//! A `.pcap.part` is touched only when the lock was free *after* the directory was listed: a
+//! capture takes the lock before it creates files, so a `.part` seen before a free lock cannot
+//! belong to a live capture (a capture starting later creates new names with O_EXCL and never
+//! opens old ones). Such a file is repaired like `sidecap repair` does (torn last record cut)
+//! and renamed to `.pcap`, which is the name it is uploaded under.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::capture::files::{self, CaptureFile, DoneMarker, Layout};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureState {
+    Running,
+    /// Finalized: the marker of this run exists.
+    Final(Box<DoneMarker>),
+    /// The lock is free and there is no marker: the capture died or never started.
+    Dead,
+}
+
+impl CaptureState {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, CaptureState::Running)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            CaptureState::Running => "running".into(),
+            CaptureState::Final(m) => format!("final ({})", m.reason),
+            CaptureState::Dead => "dead (no done marker and no capture holds the lock)".into(),
+        }
+    }
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+pub fn capture_state(layout: &Layout) -> CaptureState {
+    let running = layout.capture_running();
+    let marker_meta = std::fs::metadata(layout.marker_path()).ok();
+    let marker = marker_meta.as_ref().and_then(|_| layout.read_marker());
+    if running {
+        let lock_meta = std::fs::metadata(layout.lock_path()).ok();
+        return match (marker, marker_meta, lock_meta) {
+            (Some(m), Some(mm), Some(lm)) if mtime_ns(&mm) >= mtime_ns(&lm) => {
+                CaptureState::Final(Box::new(m))
+            }
+            _ => CaptureState::Running,
+        };
+    }
+    match marker {
+        Some(m) => CaptureState::Final(Box::new(m)),
+        None => CaptureState::Dead,
+    }
+}
+
+/// A file ready to upload.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub path: PathBuf,
+    /// The name it is uploaded and recorded under (always a `.pcap` name).
+    pub name: String,
+    pub seq: u64,
+    pub size: u64,
+    /// Set when it was a dead capture's `.pcap.part` that we repaired: what happened.
+    pub repaired: Option<String>,
+}
+
+/// What [`candidates`] found.
+#[derive(Debug)]
+pub struct Listing {
+    /// Complete files, oldest first.
+    pub ready: Vec<Candidate>,
+    pub state: CaptureState,
+    /// `.pcap.part` files a running capture is writing: (name, size).
+    pub live_parts: Vec<(String, u64)>,
+}
+
+/// Lists the files that may be uploaded now, and the capture state seen after listing.
+/// Dead `.part` files are repaired and renamed first (see the module docs).
+pub fn candidates(layout: &Layout) -> io::Result<Listing> {
+    let listed: Vec<CaptureFile> = layout.list()?;
+    let state = capture_state(layout);
+    let mut out = Vec::new();
+    let mut live_parts = Vec::new();
+    for f in listed {
+        if f.finished {
+            out.push(Candidate {
+                path: f.path,
+                name: f.name,
+                seq: f.seq,
+                size: f.size,
+                repaired: None,
+            });
+        } else if matches!(state, CaptureState::Running) {
+            live_parts.push((f.name, f.size));
+        } else {
+            match repair_dead_part(&f) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.")
+                }
+            }
+        }
+    }
+    Ok(Listing {
+        ready: out,
+        state,
+        live_parts,
+    })
+}
+
+fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
+    let done_name = f.name.trim_end_matches(".part").to_string();
+    let done_path = f.path.with_file_name(&done_name);
+    let r = crate::repair::repair_file(&f.path, false).map_err(|e| e.to_string())?;
+    let what = if r.removed > 0 {
+        format!(
+            "left by a capture that died: removed {} bytes of a torn last record, kept {} packets",
+            r.removed, r.scan.packets
+        )
+    } else {
+        format!(
+            "left by a capture that died: intact, {} packets",
+            r.scan.packets
+        )
+    };
+    // A .pcap of that name cannot exist (names are unique per sequence number); never
+    // overwrite one if it somehow does.
+    if done_path.exists() {
+        return Err(format!("{done_name} already exists next to {}", f.name));
+    }
+    std::fs::rename(&f.path, &done_path).map_err(|e| format!("rename to {done_name}: {e}"))?;
+    if let Some(dir) = done_path.parent() {
+        let _ = files::sync_dir(dir);
+    }
+    tracing::info!(file = %done_name, from = %f.name, detail = %what, "Repaired a file left by a capture that died.");
+    Ok(Candidate {
+        path: done_path,
+        name: done_name,
+        seq: f.seq,
+        size: r.scan.valid_len,
+        repaired: Some(what),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_without_lock_follows_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        assert_eq!(capture_state(&l), CaptureState::Dead);
+        let m = DoneMarker {
+            reason: "signal SIGTERM".into(),
+            ..Default::default()
+        };
+        files::write_atomic(&l.marker_path(), &serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(matches!(capture_state(&l), CaptureState::Final(_)));
+    }
+
+    #[test]
+    fn an_old_marker_does_not_make_a_running_capture_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        let m = DoneMarker::default();
+        files::write_atomic(&l.marker_path(), &serde_json::to_vec(&m).unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A capture starts: takes (and rewrites) the lock.
+        let lock = files::CaptureLock::acquire(&l).unwrap();
+        assert_eq!(capture_state(&l), CaptureState::Running);
+        // It finalizes: a new marker, written after the lock.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        files::write_atomic(&l.marker_path(), &serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(matches!(capture_state(&l), CaptureState::Final(_)));
+        drop(lock);
+        assert!(matches!(capture_state(&l), CaptureState::Final(_)));
+    }
+}
