@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Helpers that run inside the e2e pod (Debian image, python3 stdlib only).
 
-receiver: the webhook (127.0.0.1:8080, stores every POST/PUT body under /recv, checks the bearer
+receiver: a DNS server on 127.0.0.1:53 that answers every A query with 127.0.0.1 (so the
+          uploader reaches the webhook by name, through the static binary's resolver, as it would
+          through cluster DNS), the webhook (127.0.0.1:8080, stores every POST/PUT body under /recv, checks the bearer
           token, optional per-request delay to make uploads slow) and the app's server
           (127.0.0.1:8081, answers GET with a small page). It stands for things outside the Pod.
 app:      the main container: new TCP connection per request to the app server; "job" mode makes
@@ -20,7 +22,28 @@ import time
 import urllib.parse
 
 
+def dns():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 53))
+    while True:
+        q, addr = sock.recvfrom(512)
+        if len(q) < 17:
+            continue
+        end = 12
+        while end < len(q) and q[end] != 0:
+            end += q[end] + 1
+        question = q[12:end + 5]
+        qtype = int.from_bytes(q[end + 1:end + 3], "big")
+        answer = b""
+        if qtype == 1:  # A -> 127.0.0.1; AAAA and the rest: no data (NOERROR)
+            answer = b"\xc0\x0c" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big") + (60).to_bytes(4, "big") \
+                + (4).to_bytes(2, "big") + bytes([127, 0, 0, 1])
+        header = q[:2] + b"\x81\x80" + b"\x00\x01" + (1 if answer else 0).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        sock.sendto(header + question + answer, addr)
+
+
 def receiver(token, delay):
+    threading.Thread(target=dns, daemon=True).start()
     seq = [0]
     lock = threading.Lock()
 

@@ -68,6 +68,9 @@ start_pod() {
   # emptyDir directories are created 0777 by the kubelet (volume/emptydir: perm 0777).
   chmod 0777 "$dir/vol" "$dir/recv"
   printf '%s' "$token" > "$dir/secret/token"; chmod 0444 "$dir/secret/token"
+  # The webhook is reached by name through a DNS server in the pod (pod.py): the static binary's
+  # resolver is exercised as cluster DNS would exercise it.
+  printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:1\n' > "$dir/resolv.conf"
   podman pod rm -f "$pod" >/dev/null 2>&1
   podman pod create --name "$pod" --network none >/dev/null || return 1
   pods+=("$pod")
@@ -81,8 +84,8 @@ start_pod() {
   # shellcheck disable=SC2086
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
     --cap-drop ALL --cap-add NET_RAW --security-opt no-new-privileges \
-    -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" \
-    -e "SIDECAP_UPLOAD_URL=http://127.0.0.1:8080/upload/{file}" \
+    -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
+    -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
     -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
     -e "SIDECAP_GRACE_PERIOD=${grace}s" -e SIDECAP_DIR=/capture \
     -e "POD_NAME=$pod" -e POD_NAMESPACE=e2e -e POD_UID=00000000-e2e -e NODE_NAME=localhost \
@@ -204,6 +207,10 @@ last_fin_captured() { # both FINs of the last connection and the final ACK after
   [ "$(count_in_received "tcp.port == $last && tcp.flags.fin == 1")" -ge 2 ] \
     && [ "$(count_in_received "tcp.port == $last && tcp.flags.fin == 0 && tcp.flags.ack == 1 && tcp.len == 0")" -ge 1 ]
 }
+identity_headers() {
+  local h; h="$(find "$dir/recv" -name '*.headers' | head -1)"
+  [ -n "$h" ] && grep -qi "^authorization: Bearer $token" "$h" && grep -qi "^x-sidecap-pod-name: $pod\$" "$h"
+}
 report() { jq -r "$1" "$dir/vol/capture.upload-report.json" 2>/dev/null; }
 # (not `podman logs | grep -q`: grep's early exit would fail the pipeline under pipefail)
 summary_in_log() { in_log 'Upload summary'; }
@@ -242,6 +249,7 @@ lifecycle_asserts() {
   check "upload report on the volume: all uploaded, none left" \
     [ "$(report '.totals.left'):$(report '.deadline_reached')" = "0:false" ]
   check "'Upload summary' in the uploader container's log" summary_in_log
+  check "uploads carried the token and the Pod's identity (downward API env)" identity_headers
 }
 
 # --- cases --------------------------------------------------------------------------------
