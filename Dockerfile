@@ -18,11 +18,12 @@
 ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 ARG RUNTIME_IMAGE=scratch
-# Which stage supplies /out/sidecap: "builder" compiles it from this source tree (the default);
-# "prebuilt" takes a binary built on a Debian 12 host by build/static/build.sh, the same recipe
-# (scripts/build-image.sh uses it: no Rust toolchain inside the image build, and cargo's cache on
-# the host makes rebuilds take seconds).
-ARG BINARY_STAGE=builder
+# Two ways to get /out/sidecap, one runtime image:
+# - the default (last) stage compiles it from this source tree in "builder";
+# - --target runtime-prebuilt takes a binary built on a Debian 12 host by build/static/build.sh,
+#   the same recipe (scripts/build-image.sh: no Rust toolchain inside the image build, and
+#   cargo's cache on the host makes a rebuild take seconds). Targets rather than an ARG-selected
+#   stage, because buildah does not follow a stage chosen by an ARG's default value.
 
 FROM ${RUST_IMAGE} AS builder
 RUN apt-get update \
@@ -48,14 +49,10 @@ RUN command -v setcap >/dev/null \
  && setcap cap_net_raw+ep /out/sidecap \
  && getcap /out/sidecap
 
-FROM ${BINARY_STAGE} AS binary
-
-FROM ${RUNTIME_IMAGE}
+FROM ${RUNTIME_IMAGE} AS runtime-base
 LABEL org.opencontainers.image.title="sidecap" \
       org.opencontainers.image.description="PID-1-safe packet capture sidecar for Kubernetes Pods, with a paired uploader" \
       org.opencontainers.image.licenses="Apache-2.0"
-# Owned by root and not writable by the runtime user; no --chown, which would reset the capability.
-COPY --from=binary /out/sidecap /sidecap
 # 65532: the conventional "nonroot" uid/gid of distroless images. Numeric, so the kubelet can
 # enforce runAsNonRoot without an /etc/passwd.
 USER 65532:65532
@@ -63,3 +60,10 @@ USER 65532:65532
 ENTRYPOINT ["/sidecap"]
 CMD ["--help"]
 STOPSIGNAL SIGTERM
+
+FROM runtime-base AS runtime-prebuilt
+# Owned by root and not writable by the runtime user; no --chown, which would reset the capability.
+COPY --from=prebuilt /out/sidecap /sidecap
+
+FROM runtime-base AS runtime
+COPY --from=builder /out/sidecap /sidecap

@@ -15,7 +15,7 @@ venv="${SIDECAP_TOOLS_VENV:-$PWD/target/tools-venv}"
 pins=("kubernetes-validate==1.37.0" "yamllint==1.38.0" "checkov==3.3.30")
 if ! "$venv/bin/python" -c 'import kubernetes_validate, yamllint, checkov' 2>/dev/null \
    || [ "$(cat "$venv/.pins" 2>/dev/null)" != "${pins[*]}" ]; then
-  if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then  # python3 and python3-venv
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
   fi

@@ -7,8 +7,8 @@
 #   SIDECAP_RUST_IMAGE=my-registry/rust:1-bookworm scripts/build-image.sh --from-source
 #
 # Default ("prebuilt"): build/static/build.sh compiles the static binary on this host (cargo's
-# cache makes a rebuild take seconds), and the Dockerfile's "prebuilt" stage takes it, sets the
-# file capability and puts it into the FROM scratch runtime stage. That is the same Dockerfile and
+# cache makes a rebuild take seconds), and the Dockerfile's runtime-prebuilt target takes it, sets
+# the file capability and puts it into the same FROM scratch runtime stage. That is the same Dockerfile and
 # the same link recipe as `docker build .`; only the place where cargo runs differs. We chose it
 # over copying the host's Rust toolchain into a debootstrapped builder image (1.4 GB here, minutes
 # per build, and a cold cargo cache inside the build every time).
@@ -33,9 +33,9 @@ if [ "$mode" = prebuilt ]; then
   # (target/x86_64-unknown-linux-gnu/release/sidecap) for symbolizing a crash.
   strip -o build/prebuilt/sidecap.tmp "$bin"
   mv build/prebuilt/sidecap.tmp build/prebuilt/sidecap
-  args+=(--build-arg BINARY_STAGE=prebuilt --build-arg PREBUILT=build/prebuilt/sidecap)
+  args+=(--target runtime-prebuilt --build-arg PREBUILT=build/prebuilt/sidecap)
 else
-  args+=(--build-arg BINARY_STAGE=builder --build-arg "RUST_IMAGE=${SIDECAP_RUST_IMAGE:-docker.io/library/rust:1-bookworm}")
+  args+=(--target runtime --build-arg "RUST_IMAGE=${SIDECAP_RUST_IMAGE:-docker.io/library/rust:1-bookworm}")
 fi
 podman build -q "${args[@]}" . >/dev/null
 size=$(podman image inspect "$image" --format '{{.Size}}')

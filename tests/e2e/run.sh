@@ -20,7 +20,7 @@ repo="$PWD"
 scripts/podman-setup.sh || exit 1
 image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
 debian="${SIDECAP_DEBIAN_IMAGE:-localhost/sidecap-debian:bookworm}"
-for tool in tshark capinfos jq curl nsenter getcap; do
+for tool in tshark jq curl nsenter unshare getcap; do
   command -v "$tool" >/dev/null || { echo "e2e: $tool missing (scripts/setup.sh, scripts/podman-setup.sh)"; exit 1; }
 done
 # Every container runs under runc-k8s-caps: the capability sets containerd/CRI-O give a non-root
