@@ -46,10 +46,12 @@ state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
 # node (the pod has no other network: --network none, loopback only).
 probe() { nsenter --net="/proc/$infra_pid/ns/net" curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$1$2" 2>/dev/null; }
 
-# Start-up, copying the kubelet (kuberuntime_manager.go computePodActions / SyncPod and KEP-753):
-# init containers, sidecars included, start one at a time in spec order; the next one starts only
-# when a sidecar is "started", i.e. its startupProbe succeeded (prober: startupProbe periodSeconds
-# 1, failureThreshold 30 as in k8s/examples); main containers start after all of them.
+# Start-up, copying the kubelet (pkg/kubelet/kuberuntime/kuberuntime_manager.go: SyncPod step 6
+# starts the next init container computed by computeInitContainerActions, KEP-753): init
+# containers, sidecars included, start one at a time in spec order; a sidecar (restartPolicy:
+# Always) lets the next one start once it is "started", i.e. its startupProbe succeeded (here
+# polled like periodSeconds 1, failureThreshold 30 in k8s/examples, at 0.2 s to keep the test
+# short); main containers start after all of them.
 wait_started() { # container port path
   local i
   for i in $(seq 1 150); do
@@ -111,9 +113,10 @@ start_pod() {
 #   "always give containers a minimal shutdown window": at least minimumGracePeriodInSeconds = 2;
 #   then runtimeService.StopContainer(id, gracePeriod): the runtime sends the image's STOPSIGNAL
 #   (SIGTERM) and SIGKILL after gracePeriod seconds. `podman stop -t N` does exactly that.
-# - newTerminationOrdering (kuberuntime_termination_order.go): main containers stop at once;
-#   each sidecar waits until every main container has exited and every sidecar declared after it
-#   has exited (reverse spec order).
+# - newTerminationOrdering (kuberuntime_termination_order.go): main containers have no prereqs;
+#   each sidecar's prereqs are every main container's channel plus the channel of the sidecar
+#   declared after it (reverse spec order); containers not running start with closed channels;
+#   containerTerminated closes a container's channel once StopContainer returned.
 # - executePreStopHook runs the hook with the remaining grace period as its timeout.
 kill_container() { # name prestop-command waits-for...
   local name="$1" prestop="$2"; shift 2
