@@ -15,7 +15,7 @@
 #   tests/e2e/run.sh                   # everything
 #   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 repo="$PWD"
 scripts/podman-setup.sh || exit 1
 image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
@@ -53,8 +53,8 @@ probe() { nsenter --net="/proc/$infra_pid/ns/net" curl -fsS -o /dev/null -m 1 "h
 # polled like periodSeconds 1, failureThreshold 30 in k8s/examples, at 0.2 s to keep the test
 # short); main containers start after all of them.
 wait_started() { # container port path
-  local i
-  for i in $(seq 1 150); do
+  local _
+  for _ in $(seq 1 150); do
     probe "$2" "$3" && return 0
     [ "$(state "$1" Running)" = true ] || break
     sleep 0.2
@@ -79,7 +79,7 @@ start_pod() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-receiver" -v "$dir/recv:/recv" -v "$repo/tests/e2e:/e2e:ro" \
     "$debian" python3 /e2e/pod.py receiver "$token" "$3" >/dev/null || return 1
   infra_pid="$(podman inspect -f '{{.State.Pid}}' "$(podman pod inspect -f '{{.InfraContainerID}}' "$pod")")"
-  local i; for i in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
+  local _; for _ in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
   # The sidecars run exactly as the manifests say: default user of the image (65532), drop ALL,
   # add NET_RAW, read-only root filesystem; no_new_privs (allowPrivilegeEscalation: false) on the
   # uploader only, so that its copy of the binary gains nothing from the file capability.
@@ -152,7 +152,6 @@ delete_pod() { # the uploader's preStop command
   kill_container "$pod-capture" "" "$pod-main" &
   kill_container "$pod-uploader" "$1" "$pod-main" "$pod-capture" &
   wait
-  tend=$(now_ms)
 }
 
 # --- assertions ---------------------------------------------------------------------------
@@ -244,7 +243,8 @@ lifecycle_asserts() {
   check "preStop upload exited 0" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 0 ]
   check "everything finished before t0 + ${grace}s" finished_in_time
   check "the receiver got pcap files" [ -n "$(received_files)" ]
-  check "received files are valid pcaps (tshark reads them to the end)" pcap_ok $(received_files)
+  local received; mapfile -t received < <(received_files)
+  check "received files are valid pcaps (tshark reads them to the end)" pcap_ok "${received[@]}"
   check "every finished file on the volume was received, byte for byte" all_volume_files_received
   check "no file uploaded twice" no_duplicates
   check "capture holds the app's first packet (its TCP SYN)" first_syn_captured
@@ -300,7 +300,8 @@ if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 
   check "uploader exited 0 (not 137/143)" exit_code_is "$pod-uploader" 0
   check "everything finished before t0 + ${grace}s" finished_in_time
   check "no corrupt file on the volume" pcap_ok "$dir"/vol/*.pcap
-  check "no corrupt file at the receiver" pcap_ok $(received_files)
+  mapfile -t received < <(received_files)
+  check "no corrupt file at the receiver" pcap_ok "${received[@]}"
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
 
