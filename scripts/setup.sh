@@ -3,7 +3,7 @@
 # The Rust toolchain itself comes from rustup (https://rustup.rs); everything else from Debian.
 set -euo pipefail
 need=()
-for p in libpcap-dev tcpdump tshark iproute2 procps libcap2-bin curl jq util-linux nginx-light libnginx-mod-http-dav-ext; do
+for p in libpcap-dev tcpdump tshark iproute2 procps libcap2-bin curl jq util-linux nginx-light libnginx-mod-http-dav-ext openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -69,6 +69,7 @@ pub struct UploadOpts {
     /// Extra request header `Name: value` (repeatable; in the environment, one per line).
     #[arg(
         long = "header",
+        value_name = "NAME: VALUE",
         env = "SIDECAP_HEADER",
         value_delimiter = '\n',
         hide_env_values = true

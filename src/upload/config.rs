@@ -44,7 +44,7 @@ pub struct UploadConfig {
     pub form: Option<String>,
     pub gzip: bool,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub bearer_token: Option<String>,
+    pub bearer_token_file: Option<PathBuf>,
     pub ca_pem: Option<Vec<u8>>,
     pub order: Order,
     pub grace: Duration,
@@ -163,29 +163,11 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         }
         headers.push((n, v));
     }
-    let bearer_token = match &o.bearer_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|e| {
-                ConfigError::File(format!("--bearer-token-file {}: {e}", p.display()))
-            })?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                return Err(ConfigError::File(format!(
-                    "--bearer-token-file {} is empty",
-                    p.display()
-                )));
-            }
-            if HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
-                return Err(ConfigError::File(format!(
-                    "--bearer-token-file {}: the token has characters not allowed in a header",
-                    p.display()
-                )));
-            }
-            redactor.add(&t);
-            Some(t)
-        }
-        None => None,
-    };
+    if let Some(p) = &o.bearer_token_file {
+        // Checked now so a wrong path fails at start; read again for every file, because
+        // mounted Secrets and projected tokens rotate while a long-running uploader lives.
+        read_token(p, &mut redactor).map_err(ConfigError::File)?;
+    }
     let ca_pem = match &o.ca_file {
         Some(p) => Some(read_ca(p)?),
         None => None,
@@ -210,7 +192,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         form: o.form.clone(),
         gzip: o.gzip,
         headers,
-        bearer_token,
+        bearer_token_file: o.bearer_token_file.clone(),
         ca_pem,
         order: o.order,
         grace,
@@ -219,6 +201,24 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         pod_uid,
         redactor,
     })
+}
+
+/// Reads the bearer token file and registers the token as a secret.
+pub fn read_token(p: &PathBuf, redactor: &mut Redactor) -> Result<String, String> {
+    let t = std::fs::read_to_string(p)
+        .map_err(|e| format!("--bearer-token-file {}: {e}", p.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(format!("--bearer-token-file {} is empty", p.display()));
+    }
+    if HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
+        return Err(format!(
+            "--bearer-token-file {}: the token has characters not allowed in a header",
+            p.display()
+        ));
+    }
+    redactor.add(&t);
+    Ok(t)
 }
 
 fn read_ca(p: &PathBuf) -> Result<Vec<u8>, ConfigError> {

@@ -48,9 +48,23 @@ pub enum FileStatus {
     Failed,
     /// No time (or no lock) was left to try it.
     NotAttempted,
+    /// Deleted by the capture's ring bound (`--max-files`, `--max-total-size`) before it could
+    /// be sent: lost by configuration, not by the upload.
+    Deleted,
 }
 
 impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Uploaded => "uploaded",
+            FileStatus::AlreadyUploaded => "already_uploaded",
+            FileStatus::Rejected => "rejected",
+            FileStatus::Failed => "failed",
+            FileStatus::NotAttempted => "not_attempted",
+            FileStatus::Deleted => "deleted",
+        }
+    }
+
     pub fn is_done(self) -> bool {
         matches!(self, FileStatus::Uploaded | FileStatus::AlreadyUploaded)
     }
@@ -69,6 +83,9 @@ pub struct FileResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<String>,
     pub duration_ms: u64,
+    /// Not attempted because another uploader held the file: worth another look later.
+    #[serde(skip)]
+    pub busy: bool,
 }
 
 /// Counters of the uploader, rendered as Prometheus text.
@@ -79,6 +96,7 @@ pub struct UploadMetrics {
     pub files_already_uploaded: AtomicU64,
     pub files_rejected: AtomicU64,
     pub files_failed: AtomicU64,
+    pub files_deleted: AtomicU64,
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -126,6 +144,12 @@ impl UploadMetrics {
             "counter",
             "Files whose attempts all failed before their deadline.",
             &self.files_failed,
+        );
+        m(
+            "sidecap_upload_files_deleted_total",
+            "counter",
+            "Files the capture's ring bound deleted before they could be uploaded.",
+            &self.files_deleted,
         );
         m(
             "sidecap_upload_attempts_total",
@@ -227,20 +251,28 @@ impl Engine {
         &self.ledger
     }
 
-    /// Uploads one file before `deadline`, unless it is in the ledger. Never panics, never
-    /// returns after the deadline by more than the time it takes to notice it.
+    /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
+    /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
+    /// Never panics, never returns after the deadline by more than the time it takes to notice.
     pub async fn upload(
         &self,
         c: &Candidate,
         deadline: Instant,
+        lock_until: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let started = Instant::now();
         self.metrics.in_flight.fetch_add(1, Relaxed);
-        let mut r = self.upload_inner(c, deadline, cancel).await;
+        let mut r = self
+            .upload_inner(c, deadline, lock_until.min(deadline), cancel)
+            .await;
         self.metrics.in_flight.fetch_sub(1, Relaxed);
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.repaired = c.repaired.clone();
+        if r.busy {
+            tracing::debug!(file = %r.name, "Another uploader is sending this file; looking again later.");
+            return r;
+        }
         let counter = match r.status {
             FileStatus::Uploaded => {
                 self.metrics.bytes_uploaded.fetch_add(r.bytes, Relaxed);
@@ -254,6 +286,7 @@ impl Engine {
             FileStatus::AlreadyUploaded => &self.metrics.files_already_uploaded,
             FileStatus::Rejected => &self.metrics.files_rejected,
             FileStatus::Failed | FileStatus::NotAttempted => &self.metrics.files_failed,
+            FileStatus::Deleted => &self.metrics.files_deleted,
         };
         counter.fetch_add(1, Relaxed);
         log_result(&r);
@@ -264,6 +297,7 @@ impl Engine {
         &self,
         c: &Candidate,
         deadline: Instant,
+        lock_until: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let mut r = FileResult {
@@ -276,6 +310,7 @@ impl Engine {
             error: None,
             repaired: None,
             duration_ms: 0,
+            busy: false,
         };
         let fail = |mut r: FileResult, status: FileStatus, e: String| {
             r.status = status;
@@ -285,25 +320,29 @@ impl Engine {
         if self.cfg.url.is_none() {
             return fail(r, FileStatus::NotAttempted, "no --url configured".into());
         }
-        let lock = match FileLock::acquire(&c.path, deadline, cancel).await {
+        let lock = match FileLock::acquire(&c.path, lock_until, cancel).await {
             Ok(LockOutcome::Locked(l)) => l,
             Ok(LockOutcome::Gone) => {
                 return fail(
                     r,
-                    FileStatus::NotAttempted,
+                    FileStatus::Deleted,
                     "the file was deleted (capture ring bound) before it could be uploaded".into(),
                 )
             }
             Ok(LockOutcome::Busy) => {
+                if cancel.is_cancelled() {
+                    return fail(
+                        r,
+                        FileStatus::NotAttempted,
+                        "stopped before the upload started".into(),
+                    );
+                }
+                r.busy = true;
                 return fail(
                     r,
                     FileStatus::NotAttempted,
-                    if cancel.is_cancelled() {
-                        "stopped before the upload started".into()
-                    } else {
-                        "deadline reached while another uploader was sending this file".into()
-                    },
-                )
+                    "another uploader is sending this file".into(),
+                );
             }
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
         };
@@ -329,7 +368,10 @@ impl Engine {
                 Ok(f) => f,
                 Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
             };
-            match tokio::task::spawn_blocking(move || prepare(f, gzip, deadline, &cancel)).await {
+            let limit = c.limit;
+            match tokio::task::spawn_blocking(move || prepare(f, limit, gzip, deadline, &cancel))
+                .await
+            {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return fail(r, FileStatus::NotAttempted, e),
                 Err(e) => return fail(r, FileStatus::NotAttempted, format!("digest task: {e}")),
@@ -480,10 +522,17 @@ impl Engine {
         for (n, v) in &cfg.pod {
             req = req.header(n, v);
         }
-        if let Some(t) = &cfg.bearer_token {
-            if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                v.set_sensitive(true);
-                req = req.header(header::AUTHORIZATION, v);
+        if let Some(p) = &cfg.bearer_token_file {
+            let mut redactor = cfg.redactor.clone();
+            match super::config::read_token(p, &mut redactor) {
+                Ok(t) => {
+                    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                        v.set_sensitive(true);
+                        req = req.header(header::AUTHORIZATION, v);
+                    }
+                }
+                // Worth a retry: a Secret being updated is briefly absent.
+                Err(e) => return Attempt::Transport(TransportError::Other, e),
             }
         }
         req = req
@@ -614,11 +663,16 @@ impl Write for HashWriter {
 /// The first pass: digests of the file and of the body as sent. Stops at the deadline.
 fn prepare(
     mut f: std::fs::File,
+    limit: Option<u64>,
     gzip: bool,
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Prepared, String> {
-    let len = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .len()
+        .min(limit.unwrap_or(u64::MAX));
     f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let mut file_h = Sha256::new();
     let mut gz = gzip.then(|| {
@@ -767,10 +821,15 @@ fn log_result(r: &FileResult) {
             status = "already_uploaded",
             "Already uploaded (ledger); not sent again."
         ),
+        FileStatus::Deleted => tracing::warn!(
+            file = %r.name,
+            status = "deleted",
+            "Deleted by the capture's ring bound before it could be uploaded (raise --max-total-size or upload continuously)."
+        ),
         _ => tracing::error!(
             file = %r.name,
             bytes = r.bytes,
-            status = ?r.status,
+            status = r.status.as_str(),
             http_status = r.http_status.unwrap_or(0),
             attempts = r.attempts,
             error = r.error.as_deref().unwrap_or(""),
@@ -803,6 +862,7 @@ mod tests {
         let f = std::fs::File::open(&p).unwrap();
         let prep = prepare(
             f.try_clone().unwrap(),
+            None,
             true,
             Instant::now() + Duration::from_secs(60),
             &CancellationToken::new(),

@@ -21,6 +21,9 @@ use crate::capture::files;
 
 /// How often the preStop path looks at the capture while waiting for it to finalize.
 const WAIT_POLL: Duration = Duration::from_millis(100);
+/// How long the preStop path waits for another uploader's lock on one file before moving on
+/// to the next (it comes back to it).
+const LOCK_WAIT: Duration = Duration::from_millis(200);
 /// Upload rate assumed before one file has been measured (conservative for a Pod's network).
 const DEFAULT_RATE: f64 = 10.0 * 1024.0 * 1024.0;
 
@@ -61,7 +64,10 @@ impl Run {
     fn put(&mut self, r: FileResult) {
         if matches!(
             r.status,
-            FileStatus::Uploaded | FileStatus::AlreadyUploaded | FileStatus::Rejected
+            FileStatus::Uploaded
+                | FileStatus::AlreadyUploaded
+                | FileStatus::Rejected
+                | FileStatus::Deleted
         ) {
             self.settled.insert(r.name.clone());
         }
@@ -100,6 +106,7 @@ impl Run {
             error: Some(why.into()),
             repaired: c.repaired.clone(),
             duration_ms: 0,
+            busy: false,
         });
     }
 
@@ -125,12 +132,29 @@ impl Run {
             self.capture = listing.state.describe();
             self.live_parts = listing.live_parts.clone();
             let is_final = listing.state.is_final();
+            // A file we found locked by another uploader and that has since disappeared was
+            // deleted by the capture's ring bound.
+            let listed: HashSet<&str> = listing.ready.iter().map(|c| c.name.as_str()).collect();
+            let mut vanished = Vec::new();
+            for r in self.results.iter_mut() {
+                if r.busy && !listed.contains(r.name.as_str()) {
+                    r.busy = false;
+                    r.status = FileStatus::Deleted;
+                    r.error = Some(
+                        "the file was deleted (capture ring bound) before it could be uploaded"
+                            .into(),
+                    );
+                    vanished.push(r.name.clone());
+                }
+            }
+            self.settled.extend(vanished);
             let mut pending: Vec<Candidate> = listing
                 .ready
                 .into_iter()
                 .filter(|c| !self.settled.contains(&c.name))
                 .collect();
             order(&mut pending, o);
+            let mut had_busy = false;
             for (i, c) in pending.iter().enumerate() {
                 let out_of_time =
                     deadline.saturating_duration_since(Instant::now()) < retry::MIN_ATTEMPT;
@@ -145,7 +169,11 @@ impl Run {
                     }
                     break;
                 }
-                let r = engine.upload(c, deadline, cancel).await;
+                // A file another uploader holds is looked at again on a later pass instead
+                // of blocking the others.
+                let lock_until = Instant::now() + LOCK_WAIT;
+                let r = engine.upload(c, deadline, lock_until, cancel).await;
+                had_busy |= r.busy;
                 self.put(r);
             }
             if cancel.is_cancelled() {
@@ -157,12 +185,19 @@ impl Run {
                 return;
             }
             if is_final {
-                if seen_final {
+                if seen_final && !had_busy {
                     self.reason = format!("capture {}; every file handled", self.capture);
                     return;
                 }
-                // Files finished between our listing and the state check: list once more.
+                // Files finished between our listing and the state check: list once more
+                // (and give files another uploader holds another chance).
                 seen_final = true;
+                if had_busy {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(WAIT_POLL) => {}
+                    }
+                }
                 continue;
             }
             // The capture is still writing. Wait for it, unless only the time to upload its
@@ -249,6 +284,7 @@ pub async fn prestop(
                 error: Some("still being written by the capture".into()),
                 repaired: None,
                 duration_ms: 0,
+                busy: false,
             });
         }
     }
@@ -335,13 +371,14 @@ pub async fn continuous(
                 break;
             }
             let token = pause.file_token(&cancel);
-            let r = engine
-                .upload(&c, Instant::now() + file_timeout, &token)
-                .await;
+            let now = Instant::now();
+            // Another uploader holds it: skip it, the next poll looks again.
+            let r = engine.upload(&c, now + file_timeout, now, &token).await;
             if matches!(
                 r.status,
                 FileStatus::Uploaded | FileStatus::AlreadyUploaded | FileStatus::Rejected
-            ) {
+            ) && !r.busy
+            {
                 // A rejected file is not retried every poll; the preStop path tries it once more.
                 settled.insert(r.name);
             }

@@ -6,7 +6,7 @@
 //! HTTP stack, response bodies) goes through [`Redactor::scrub`], which blanks every secret
 //! value registered at configuration time.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use url::Url;
 
@@ -81,21 +81,25 @@ pub fn url_for_display(raw: &str) -> String {
 }
 
 /// Scrubs registered secret values out of free text. Cheap to clone.
+/// Clones share the list, so a secret learned later (a rotated token) is scrubbed everywhere.
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
-    secrets: Arc<Vec<String>>,
+    secrets: Arc<RwLock<Vec<String>>>,
 }
 
 impl Redactor {
     /// Registers a secret value (ignored when too short to scrub safely).
     pub fn add(&mut self, secret: &str) {
         let s = secret.trim();
-        if s.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|x| x == s) {
-            let mut v = (*self.secrets).clone();
-            v.push(s.to_string());
-            // Longest first, so a secret containing another is blanked whole.
-            v.sort_by_key(|x| std::cmp::Reverse(x.len()));
-            self.secrets = Arc::new(v);
+        if s.len() < MIN_SECRET_LEN {
+            return;
+        }
+        if let Ok(mut v) = self.secrets.write() {
+            if !v.iter().any(|x| x == s) {
+                v.push(s.to_string());
+                // Longest first, so a secret containing another is blanked whole.
+                v.sort_by_key(|x| std::cmp::Reverse(x.len()));
+            }
         }
     }
 
@@ -129,7 +133,11 @@ impl Redactor {
 
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for s in self.secrets.iter() {
+        let Ok(secrets) = self.secrets.read() else {
+            // A poisoned lock means a panic mid-update: show nothing rather than a secret.
+            return REDACTED.to_string();
+        };
+        for s in secrets.iter() {
             if out.contains(s.as_str()) {
                 out = out.replace(s.as_str(), REDACTED);
             }

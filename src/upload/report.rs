@@ -17,8 +17,10 @@ pub struct Totals {
     pub rejected: usize,
     /// Rejected, or every attempt failed.
     pub failed: usize,
-    /// Every file not uploaded (failed + not attempted).
+    /// Every file not uploaded (failed + not attempted), deleted ones aside.
     pub left: usize,
+    /// Deleted by the capture's ring bound before they could be sent.
+    pub deleted: usize,
     pub bytes_uploaded: u64,
 }
 
@@ -72,8 +74,9 @@ pub fn totals(files: &[FileResult]) -> Totals {
             }
             FileStatus::Failed => t.failed += 1,
             FileStatus::NotAttempted => {}
+            FileStatus::Deleted => t.deleted += 1,
         }
-        if !f.status.is_done() {
+        if !f.status.is_done() && f.status != FileStatus::Deleted {
             t.left += 1;
         }
     }
@@ -99,7 +102,7 @@ impl Report {
             tracing::error!(
                 left = self.totals.left,
                 files = ?self.not_uploaded,
-                "Upload deadline reached with files left: deadline reached."
+                "Upload deadline reached: files left that were not uploaded."
             );
         }
         let t = &self.totals;
@@ -108,6 +111,7 @@ impl Report {
             already_uploaded = t.already_uploaded,
             failed = t.failed,
             left = t.left,
+            deleted = t.deleted,
             bytes = t.bytes_uploaded,
             deadline_reached = self.deadline_reached,
             capture = %self.capture,
@@ -142,6 +146,7 @@ mod tests {
             error: None,
             repaired: None,
             duration_ms: 0,
+            busy: false,
         }
     }
 
@@ -161,5 +166,8 @@ mod tests {
         assert_eq!((t.rejected, t.failed, t.left), (1, 1, 2));
         assert_eq!(exit_code(&t), exit::REJECTED);
         assert_eq!(exit_code(&totals(&[])), exit::OK);
+        let t = totals(&[f(FileStatus::Uploaded), f(FileStatus::Deleted)]);
+        assert_eq!((t.deleted, t.left), (1, 0));
+        assert_eq!(exit_code(&t), exit::OK);
     }
 }

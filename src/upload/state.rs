@@ -52,7 +52,14 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
 pub fn capture_state(layout: &Layout) -> CaptureState {
     let running = layout.capture_running();
     let marker_meta = std::fs::metadata(layout.marker_path()).ok();
-    let marker = marker_meta.as_ref().and_then(|_| layout.read_marker());
+    // The marker's existence is the signal (it is written atomically, last); its content is
+    // detail. One we cannot parse (another sidecap version) still means "final".
+    let marker = marker_meta.as_ref().map(|_| {
+        layout.read_marker().unwrap_or_else(|| DoneMarker {
+            reason: "done marker present but not readable by this version".into(),
+            ..Default::default()
+        })
+    });
     if running {
         let lock_meta = std::fs::metadata(layout.lock_path()).ok();
         return match (marker, marker_meta, lock_meta) {
@@ -76,6 +83,8 @@ pub struct Candidate {
     pub name: String,
     pub seq: u64,
     pub size: u64,
+    /// Upload only this many bytes (a dead capture's file we could not truncate).
+    pub limit: Option<u64>,
     /// Set when it was a dead capture's `.pcap.part` that we repaired: what happened.
     pub repaired: Option<String>,
 }
@@ -104,6 +113,7 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
                 name: f.name,
                 seq: f.seq,
                 size: f.size,
+                limit: None,
                 repaired: None,
             });
         } else if matches!(state, CaptureState::Running) {
@@ -127,11 +137,27 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
 fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
     let done_name = f.name.trim_end_matches(".part").to_string();
     let done_path = f.path.with_file_name(&done_name);
-    let r = crate::repair::repair_file(&f.path, false).map_err(|e| e.to_string())?;
+    // The uploader may run as another user that can read the capture's files (group) but not
+    // write them: then the torn tail stays on disk and only the valid part is uploaded.
+    let (r, limit) = match crate::repair::repair_file(&f.path, false) {
+        Ok(r) => (r, None),
+        Err(crate::repair::RepairError::Truncate(..)) => {
+            let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
+            let valid = r.scan.valid_len;
+            (r, Some(valid))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let what = if r.removed > 0 {
         format!(
-            "left by a capture that died: removed {} bytes of a torn last record, kept {} packets",
-            r.removed, r.scan.packets
+            "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
+            if limit.is_some() {
+                "file not writable, upload stops before"
+            } else {
+                "removed"
+            },
+            r.removed,
+            r.scan.packets
         )
     } else {
         format!(
@@ -154,6 +180,7 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
         name: done_name,
         seq: f.seq,
         size: r.scan.valid_len,
+        limit,
         repaired: Some(what),
     })
 }
@@ -173,6 +200,17 @@ mod tests {
         };
         files::write_atomic(&l.marker_path(), &serde_json::to_vec(&m).unwrap()).unwrap();
         assert!(matches!(capture_state(&l), CaptureState::Final(_)));
+    }
+
+    #[test]
+    fn an_unreadable_marker_still_means_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        std::fs::write(l.marker_path(), b"{\"future\": true}").unwrap();
+        match capture_state(&l) {
+            CaptureState::Final(m) => assert!(m.reason.contains("not readable")),
+            s => panic!("{s:?}"),
+        }
     }
 
     #[test]

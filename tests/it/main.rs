@@ -5,5 +5,7 @@
 mod capture;
 mod faults;
 mod helpers;
+mod nginx;
+mod receiver;
 mod security;
 mod upload;
