@@ -7,7 +7,10 @@
 # use HTTP or the binary itself. The binary is static (glibc +crt-static, Debian's libpcap.a;
 # recipe and reasons in build/static/build.sh), runs as 65532 and carries the file capability
 # cap_net_raw+ep, so a Pod needs only capabilities.add [NET_RAW] with drop [ALL], never
-# privileged mode or root. It works as root too.
+# privileged mode or root. It works as root too. Every container that runs this binary needs
+# NET_RAW in its bounding set (capabilities.add): the kernel refuses to exec a binary whose
+# effective file capability it cannot grant. The uploader adds it and sets
+# allowPrivilegeEscalation: false, which voids the file capability (see k8s/examples).
 
 # checkov findings that are the design (k8s/check.sh runs checkov):
 #checkov:skip=CKV_DOCKER_2:no HEALTHCHECK - Kubernetes ignores it; the manifests probe /livez and /readyz over HTTP, and the image has no shell or client to run one
