@@ -37,7 +37,12 @@ if [ "$mode" = prebuilt ]; then
 else
   args+=(--target runtime --build-arg "RUST_IMAGE=${SIDECAP_RUST_IMAGE:-docker.io/library/rust:1-bookworm}")
 fi
-podman build -q "${args[@]}" . >/dev/null
+log="$(mktemp)"
+if ! podman build "${args[@]}" . > "$log" 2>&1; then
+  tail -40 "$log" >&2; rm -f "$log"
+  echo "build-image: podman build failed" >&2; exit 1
+fi
+rm -f "$log"
 size=$(podman image inspect "$image" --format '{{.Size}}')
 echo "build-image: $image ($mode): $size bytes ($(awk -v s="$size" 'BEGIN{printf "%.1f MiB", s/1048576}')) in $(( $(date +%s) - start ))s" >&2
 echo "$image"
