@@ -34,9 +34,12 @@ pub fn is_sensitive_header(name: &str) -> bool {
         .any(|w| n.contains(w))
 }
 
-/// A URL as it may be shown: scheme, host, port and path; user info, query and fragment
-/// replaced. A URL that does not parse is shown as its scheme and host at most.
+/// A URL as it may be shown: scheme, host and port; user info, query and fragment replaced.
+/// The path is shown only when it holds `{file}` (a storage location, e.g. a bucket or WebDAV
+/// path); otherwise it may be the credential itself (Slack-style webhooks put it there), so
+/// it is replaced too. A URL that does not parse is shown as its scheme and host at most.
 pub fn url_for_display(raw: &str) -> String {
+    let templated = raw.contains(super::config::FILE_PLACEHOLDER);
     match Url::parse(&raw.replace(super::config::FILE_PLACEHOLDER, "__FILE__")) {
         Ok(mut u) => {
             let had_query = u.query().is_some();
@@ -45,6 +48,9 @@ pub fn url_for_display(raw: &str) -> String {
             let _ = u.set_password(None);
             u.set_query(None);
             u.set_fragment(None);
+            if !templated && u.path() != "/" {
+                u.set_path(REDACTED);
+            }
             let mut s = u
                 .to_string()
                 .replace("__FILE__", super::config::FILE_PLACEHOLDER);
@@ -103,8 +109,16 @@ impl Redactor {
         }
     }
 
-    /// Registers a URL's secret parts: user info, query (whole, and each value), fragment.
+    /// Registers a URL's secret parts: user info, query (whole, and each value), fragment, and
+    /// the path when it is not a `{file}` template (see [`url_for_display`]).
     pub fn add_url(&mut self, raw: &str) {
+        if !raw.contains(super::config::FILE_PLACEHOLDER) {
+            if let Ok(u) = Url::parse(raw) {
+                if u.path() != "/" {
+                    self.add(u.path());
+                }
+            }
+        }
         if let Some((_, q)) = raw.split_once('?') {
             let q = q.split('#').next().unwrap_or(q);
             self.add(q);
@@ -183,8 +197,16 @@ mod tests {
             "https://example.com:8443/up/{file}?[REDACTED]#[REDACTED]"
         );
         assert_eq!(
-            url_for_display("http://127.0.0.1:9/x"),
-            "http://127.0.0.1:9/x"
+            url_for_display("https://hooks.example.com/services/T0/B0/SECRETPATH"),
+            "https://hooks.example.com/[REDACTED]"
+        );
+        assert_eq!(
+            url_for_display("http://127.0.0.1:9/"),
+            "http://127.0.0.1:9/"
+        );
+        assert_eq!(
+            url_for_display("http://127.0.0.1:9/dav/{file}"),
+            "http://127.0.0.1:9/dav/{file}"
         );
         let s = url_for_display("http://bad host/?sig=SECRET");
         assert!(!s.contains("SECRET"), "{s}");

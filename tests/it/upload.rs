@@ -98,6 +98,12 @@ fn assert_matches_disk(dir: &Path, req: &crate::receiver::Request) {
     let name = req.header("x-sidecap-file").unwrap();
     let data = std::fs::read(dir.join(name)).unwrap();
     assert_eq!(req.len, data.len() as u64, "{name}: length");
+    // A Content-Length, not chunked: presigned-URL receivers (S3) require it.
+    assert_eq!(
+        req.header("content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert_eq!(req.header("transfer-encoding"), None);
     assert_eq!(
         req.sha256,
         sha256_hex(&data),
