@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Checks the manifests and the Dockerfile (CI runs this via scripts/test.sh; as root on Debian 12):
+#  1. schema: every object in k8s/examples (and the kustomize overlay's rendering, when kubectl is
+#     installed) against the Kubernetes schemas of 1.29 (the first release with native sidecars on
+#     by default) through the newest kubernetes-validate ships, strict (unknown fields fail);
+#  2. yamllint on k8s/;
+#  3. checkov on the Dockerfile and k8s/: no failed check. Findings that are the design carry their
+#     reason inline (checkov.io/skipN annotations, #checkov:skip comments in the Dockerfile); the
+#     summary prints them.
+# Tools are pinned and installed into a venv under target/ (no network beyond PyPI). checkov runs
+# in an empty network namespace (unshare --net) with --skip-download, so it never phones home.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${SIDECAP_TOOLS_VENV:-$PWD/target/tools-venv}"
+pins=("kubernetes-validate==1.37.0" "yamllint==1.38.0" "checkov==3.3.30")
+if ! "$venv/bin/python" -c 'import kubernetes_validate, yamllint, checkov' 2>/dev/null \
+   || [ "$(cat "$venv/.pins" 2>/dev/null)" != "${pins[*]}" ]; then
+  if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then  # python3 and python3-venv
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+  fi
+  echo "check: installing ${pins[*]} into $venv" >&2
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}"
+  echo "${pins[*]}" > "$venv/.pins"
+fi
+bin="$venv/bin"
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "  ok   $*"; }
+bad() { fail=$((fail + 1)); echo "  FAIL $*"; }
+
+echo "== schema (kubernetes-validate --strict)"
+schemas="$("$bin/python" -c 'import kubernetes_validate, os; d = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema"); print(" ".join(sorted({e.split("-")[0].lstrip("v") for e in os.listdir(d)}, key=lambda v: tuple(map(int, v.split("."))))))')"
+versions=()
+for v in $schemas; do
+  minor="${v#1.}"; minor="${minor%%.*}"
+  [ "$minor" -ge 29 ] && versions+=("$v")
+done
+files=(k8s/examples/*.yaml)
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+if command -v kubectl >/dev/null; then
+  kubectl kustomize k8s/examples/kustomize > "$tmp/kustomize-rendered.yaml"
+  files+=("$tmp/kustomize-rendered.yaml")
+else
+  echo "  (kubectl not installed: the kustomize overlay is not rendered or validated)"
+fi
+for v in "${versions[@]}"; do
+  for f in "${files[@]}"; do
+    if out="$("$bin/kubernetes-validate" --strict --quiet -k "$v" "$f" 2>&1)"; then ok "$f against $v"
+    else bad "$f against $v"; echo "$out" | sed 's/^/       /'; fi
+  done
+done
+# The validator must be able to fail: a misspelt field has to be caught.
+sed 's/terminationGracePeriodSeconds:/terminationGracePeriodSecond:/' k8s/examples/job.yaml > "$tmp/broken.yaml"
+if "$bin/kubernetes-validate" --strict --quiet -k "${versions[0]}" "$tmp/broken.yaml" >/dev/null 2>&1; then
+  bad "a misspelt field passed validation"
+else ok "a misspelt field is rejected"; fi
+
+echo "== yamllint"
+if "$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' k8s/; then
+  ok "yamllint k8s/"
+else bad "yamllint k8s/"; fi
+
+echo "== checkov (Dockerfile, k8s/)"
+# The overlay's sources are checked as rendered (the component's patch alone is no workload).
+k8s_files=(k8s/examples/*.yaml)
+[ -e "$tmp/kustomize-rendered.yaml" ] && k8s_files+=("$tmp/kustomize-rendered.yaml")
+for target in "-f Dockerfile --framework dockerfile" "$(printf -- '-f %s ' "${k8s_files[@]}")--framework kubernetes"; do
+  # shellcheck disable=SC2086
+  if out="$(unshare --net "$bin/checkov" $target --skip-download --compact --quiet -o cli 2>&1)"; then
+    ok "checkov $target"
+  else bad "checkov $target"; echo "$out" | sed 's/^/       /'; fi
+done
+echo "  justified exceptions:"
+grep -ho '#checkov:skip=[^ ].*' Dockerfile | sed 's/^#checkov:skip=/    Dockerfile /'
+grep -rho 'checkov.io/skip[0-9]*: .*' k8s | sed 's/checkov.io\/skip[0-9]*: //' | sort -u | sed 's/^/    k8s /'
+
+echo "k8s-check: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

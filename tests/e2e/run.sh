@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# End-to-end test of the Pod lifecycle with real containers from the built image (podman, root,
+# Debian 12). No kubelet can run here, so this script plays the kubelet: it starts and stops the
+# containers of one `podman pod` (shared network namespace, shared volume) in the order and with
+# the timing the kubelet uses, and cites the upstream code each step copies. CI runs it through
+# scripts/test.sh.
+#
+# The pod: receiver (the webhook and the app's server; it stands for things outside the Pod, so
+# the "kubelet" never stops it), then the spec's containers:
+#   initContainers: uploader (restartPolicy: Always), capture (restartPolicy: Always, startupProbe)
+#   containers:     main
+# Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
+# upload with rotation), short-grace (the deadline hits with files left), least-privilege.
+#
+#   tests/e2e/run.sh                   # everything
+#   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+repo="$PWD"
+scripts/podman-setup.sh || exit 1
+image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
+debian="${SIDECAP_DEBIAN_IMAGE:-localhost/sidecap-debian:bookworm}"
+for tool in tshark jq curl nsenter unshare getcap; do
+  command -v "$tool" >/dev/null || { echo "e2e: $tool missing (scripts/setup.sh, scripts/podman-setup.sh)"; exit 1; }
+done
+# Every container runs under runc-k8s-caps: the capability sets containerd/CRI-O give a non-root
+# container (bounding set only), not podman's (which adds --cap-add to the ambient set).
+runtime="$repo/tests/e2e/runc-k8s-caps"
+work="$(mktemp -d /tmp/sidecap-e2e.XXXXXX)"
+token="e2e-token-$RANDOM$RANDOM"
+pods=()
+cleanup() {
+  for p in "${pods[@]}"; do podman pod rm -f "$p" >/dev/null 2>&1; done
+  if [ -n "${SIDECAP_E2E_KEEP:-}" ]; then echo "e2e: kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+pass=0 fail=0 failed=()
+ok() { pass=$((pass + 1)); echo "  ok   $*"; }
+bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
+check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+now_ms() { date +%s%3N; }
+state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
+
+# HTTP GET from inside the pod's network namespace, as the kubelet's httpGet probe does from the
+# node (the pod has no other network: --network none, loopback only).
+probe() { nsenter --net="/proc/$infra_pid/ns/net" curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$1$2" 2>/dev/null; }
+
+# Start-up, copying the kubelet (pkg/kubelet/kuberuntime/kuberuntime_manager.go: SyncPod step 6
+# starts the next init container computed by computeInitContainerActions, KEP-753): init
+# containers, sidecars included, start one at a time in spec order; a sidecar (restartPolicy:
+# Always) lets the next one start once it is "started", i.e. its startupProbe succeeded (here
+# polled like periodSeconds 1, failureThreshold 30 in k8s/examples, at 0.2 s to keep the test
+# short); main containers start after all of them.
+wait_started() { # container port path
+  local _
+  for _ in $(seq 1 150); do
+    probe "$2" "$3" && return 0
+    [ "$(state "$1" Running)" = true ] || break
+    sleep 0.2
+  done
+  echo "  $1 never passed its startup probe; log:"; podman logs "$1" 2>&1 | tail -20 | sed 's/^/    /'
+  return 1
+}
+
+# start_pod NAME GRACE RECEIVER_DELAY "UPLOADER ARGS" "CAPTURE ARGS" "APP ARGS"
+start_pod() {
+  pod="sidecap-e2e-$1"; grace="$2"; dir="$work/$1"
+  mkdir -p "$dir/vol" "$dir/recv" "$dir/secret"
+  # emptyDir directories are created 0777 by the kubelet (volume/emptydir: perm 0777).
+  chmod 0777 "$dir/vol" "$dir/recv"
+  printf '%s' "$token" > "$dir/secret/token"; chmod 0444 "$dir/secret/token"
+  # The webhook is reached by name through a DNS server in the pod (pod.py): the static binary's
+  # resolver is exercised as cluster DNS would exercise it.
+  printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:1\n' > "$dir/resolv.conf"
+  podman pod rm -f "$pod" >/dev/null 2>&1
+  podman pod create --name "$pod" --network none >/dev/null || return 1
+  pods+=("$pod")
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-receiver" -v "$dir/recv:/recv" -v "$repo/tests/e2e:/e2e:ro" \
+    "$debian" python3 /e2e/pod.py receiver "$token" "$3" >/dev/null || return 1
+  infra_pid="$(podman inspect -f '{{.State.Pid}}' "$(podman pod inspect -f '{{.InfraContainerID}}' "$pod")")"
+  local _; for _ in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
+  # The sidecars run exactly as the manifests say: default user of the image (65532), drop ALL,
+  # add NET_RAW, read-only root filesystem; no_new_privs (allowPrivilegeEscalation: false) on the
+  # uploader only, so that its copy of the binary gains nothing from the file capability.
+  # shellcheck disable=SC2086
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
+    --cap-drop ALL --cap-add NET_RAW --security-opt no-new-privileges \
+    -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
+    -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
+    -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
+    -e "SIDECAP_GRACE_PERIOD=${grace}s" -e SIDECAP_DIR=/capture \
+    -e "POD_NAME=$pod" -e POD_NAMESPACE=e2e -e POD_UID=00000000-e2e -e NODE_NAME=localhost \
+    "$image" uploader --dir /capture $4 >/dev/null || return 1
+  wait_started "$pod-uploader" 9798 /readyz || return 1
+  # shellcheck disable=SC2086
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-capture" --read-only --cap-drop ALL --cap-add NET_RAW \
+    -v "$dir/vol:/capture" "$image" capture --dir /capture $5 >/dev/null || return 1
+  wait_started "$pod-capture" 9797 /readyz || return 1
+  capture_caps="$(grep -E '^Cap(Prm|Eff)' "/proc/$(state "$pod-capture" Pid)/status" | awk '{print $2}' | sort -u | tr '\n' ' ')"
+  uploader_caps="$(grep -E '^Cap(Prm|Eff)' "/proc/$(state "$pod-uploader" Pid)/status" | awk '{print $2}' | sort -u | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-main" -v "$repo/tests/e2e:/e2e:ro" \
+    "$debian" python3 /e2e/pod.py app $6 >/dev/null || return 1
+}
+
+# Termination, copying the kubelet (pkg/kubelet/kuberuntime):
+# - killContainersWithSyncResult (kuberuntime_container.go) starts one goroutine per running
+#   container at once, so every preStop hook starts at t0 and every container counts its grace
+#   period from t0;
+# - killContainer: gracePeriod -= seconds spent in executePreStopHook; then, with sidecars,
+#   gracePeriod -= seconds spent in ordering.waitForTurn (both truncated to whole seconds);
+#   "always give containers a minimal shutdown window": at least minimumGracePeriodInSeconds = 2;
+#   then runtimeService.StopContainer(id, gracePeriod): the runtime sends the image's STOPSIGNAL
+#   (SIGTERM) and SIGKILL after gracePeriod seconds. `podman stop -t N` does exactly that.
+# - newTerminationOrdering (kuberuntime_termination_order.go): main containers have no prereqs;
+#   each sidecar's prereqs are every main container's channel plus the channel of the sidecar
+#   declared after it (reverse spec order); containers not running start with closed channels;
+#   containerTerminated closes a container's channel once StopContainer returned.
+# - executePreStopHook runs the hook with the remaining grace period as its timeout.
+kill_container() { # name prestop-command waits-for...
+  local name="$1" prestop="$2"; shift 2
+  local g="$grace" start waited
+  if [ "$(state "$name" Running)" != true ]; then return 0; fi
+  if [ -n "$prestop" ]; then
+    start=$(now_ms)
+    # shellcheck disable=SC2086
+    timeout "$g" podman exec "$name" $prestop > "$dir/$name.prestop.out" 2>&1
+    echo $? > "$dir/$name.prestop.rc"
+    now_ms > "$dir/$name.prestop.end"
+    g=$(( g - ($(now_ms) - start) / 1000 ))
+  fi
+  if [ "$g" -gt 0 ] && [ $# -gt 0 ]; then
+    start=$(now_ms)
+    local other deadline=$(( start + g * 1000 ))
+    for other in "$@"; do
+      while [ "$(state "$other" Running)" = true ] && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.05; done
+    done
+    waited=$(( ($(now_ms) - start) / 1000 ))
+    g=$(( g - waited ))
+  fi
+  [ "$g" -lt 2 ] && g=2
+  now_ms > "$dir/$name.sigterm"
+  echo "$g" > "$dir/$name.stop-timeout"
+  podman stop -t "$g" "$name" >/dev/null 2>&1
+  now_ms > "$dir/$name.exited"
+}
+
+delete_pod() { # the uploader's preStop command
+  t0=$(now_ms)
+  kill_container "$pod-main" "" &
+  kill_container "$pod-capture" "" "$pod-main" &
+  kill_container "$pod-uploader" "$1" "$pod-main" "$pod-capture" &
+  wait
+}
+
+# --- assertions ---------------------------------------------------------------------------
+exit_code_is() { [ "$(state "$1" ExitCode)" = "$2" ]; }
+finished_in_time() { # every container of the spec exited before t0 + grace
+  local c
+  for c in main capture uploader; do
+    [ "$(state "$pod-$c" Running)" = false ] || { echo "    $c still running"; return 1; }
+    [ -e "$dir/$pod-$c.exited" ] || continue
+    [ "$(cat "$dir/$pod-$c.exited")" -le $(( t0 + grace * 1000 )) ] \
+      || { echo "    $c exited $(( $(cat "$dir/$pod-$c.exited") - t0 )) ms after t0 (grace ${grace}s)"; return 1; }
+  done
+}
+pcap_ok() { # readable to the end by tshark, no "cut short" or other complaint
+  local f out rc
+  for f in "$@"; do
+    out="$(tshark -r "$f" -T fields -e frame.number 2>&1 >/dev/null)"; rc=$?
+    # tshark warns about running as root on stderr: not a complaint about the file.
+    out="$(printf '%s\n' "$out" | grep -v -e 'Running as user' -e '^$')"
+    [ "$rc" = 0 ] && [ -z "$out" ] || { echo "    $f: rc $rc $out"; return 1; }
+  done
+}
+received_files() { find "$dir/recv" -maxdepth 1 -name '*.pcap' | sort; }
+all_volume_files_received() { # every finished file on the volume arrived byte for byte
+  local f name got
+  for f in "$dir"/vol/*.pcap; do
+    name="$(basename "$f")"
+    got="$(find "$dir/recv" -maxdepth 1 -name "*-$name" | head -1)"
+    [ -n "$got" ] || { echo "    $name not received"; return 1; }
+    cmp -s "$f" "$got" || { echo "    $name differs from what was received"; return 1; }
+  done
+}
+no_duplicates() { # idempotent: each file uploaded once
+  local dups
+  dups="$(received_files | xargs -r -n1 basename | sed 's/^[0-9]*-//' | sort | uniq -d)"
+  [ -z "$dups" ] || { echo "    uploaded twice: $dups"; return 1; }
+}
+app_ports() { podman logs "$pod-main" 2>&1 | sed -n 's/.*first_port=\([0-9]*\) last_port=\([0-9]*\).*/\1 \2/p' | tail -1; }
+count_in_received() { # display filter -> number of matching packets over all received files
+  local n=0 f c
+  for f in $(received_files); do
+    c="$(tshark -r "$f" -Y "$1" -T fields -e frame.number 2>/dev/null | wc -l)"
+    n=$((n + c))
+  done
+  echo "$n"
+}
+first_syn_captured() {
+  local first; read -r first _ <<<"$(app_ports)"
+  [ -n "$first" ] || { echo "    no ports in the app's log"; return 1; }
+  [ "$(count_in_received "tcp.srcport == $first && tcp.flags.syn == 1 && tcp.flags.ack == 0")" -ge 1 ]
+}
+last_fin_captured() { # both FINs of the last connection and the final ACK after them
+  local last; read -r _ last <<<"$(app_ports)"
+  [ -n "$last" ] || return 1
+  [ "$(count_in_received "tcp.port == $last && tcp.flags.fin == 1")" -ge 2 ] \
+    && [ "$(count_in_received "tcp.port == $last && tcp.flags.fin == 0 && tcp.flags.ack == 1 && tcp.len == 0")" -ge 1 ]
+}
+identity_headers() {
+  local h; h="$(find "$dir/recv" -name '*.headers' | head -1)"
+  [ -n "$h" ] && grep -qi "^authorization: Bearer $token" "$h" && grep -qi "^x-sidecap-pod-name: $pod\$" "$h"
+}
+report() { jq -r "$1" "$dir/vol/capture.upload-report.json" 2>/dev/null; }
+# (not `podman logs | grep -q`: grep's early exit would fail the pipeline under pipefail)
+summary_in_log() { in_log 'Upload summary'; }
+in_log() { local log; log="$(podman logs "$pod-uploader" 2>&1)"; grep -q "$1" <<<"$log"; }
+show_timeline() {
+  local c
+  for c in main capture uploader; do
+    printf '    %-9s' "$c"
+    [ -e "$dir/$pod-$c.prestop.end" ] && printf ' preStop done +%sms (rc %s)' \
+      "$(( $(cat "$dir/$pod-$c.prestop.end") - t0 ))" "$(cat "$dir/$pod-$c.prestop.rc")"
+    [ -e "$dir/$pod-$c.sigterm" ] && printf ' SIGTERM +%sms (SIGKILL after %ss)' \
+      "$(( $(cat "$dir/$pod-$c.sigterm") - t0 ))" "$(cat "$dir/$pod-$c.stop-timeout")"
+    [ -e "$dir/$pod-$c.exited" ] && printf ' exited +%sms' "$(( $(cat "$dir/$pod-$c.exited") - t0 ))"
+    printf ' code %s\n' "$(state "$pod-$c" ExitCode)"
+  done
+}
+dump_logs() {
+  local c
+  for c in capture uploader main receiver; do
+    echo "    --- $c"; podman logs "$pod-$c" 2>&1 | tail -15 | sed 's/^/    /'
+  done
+  [ -e "$dir/$pod-uploader.prestop.out" ] && { echo "    --- uploader preStop"; tail -15 "$dir/$pod-uploader.prestop.out" | sed 's/^/    /'; }
+}
+lifecycle_asserts() {
+  check "app made its requests (exit 0)" exit_code_is "$pod-main" 0
+  check "capture exited 0 (not 137/143)" exit_code_is "$pod-capture" 0
+  check "uploader exited 0 (not 137/143)" exit_code_is "$pod-uploader" 0
+  check "preStop upload exited 0" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 0 ]
+  check "everything finished before t0 + ${grace}s" finished_in_time
+  check "the receiver got pcap files" [ -n "$(received_files)" ]
+  local received; mapfile -t received < <(received_files)
+  check "received files are valid pcaps (tshark reads them to the end)" pcap_ok "${received[@]}"
+  check "every finished file on the volume was received, byte for byte" all_volume_files_received
+  check "no file uploaded twice" no_duplicates
+  check "capture holds the app's first packet (its TCP SYN)" first_syn_captured
+  check "capture holds the app's last connection's FIN/ACK" last_fin_captured
+  check "upload report on the volume: all uploaded, none left" \
+    [ "$(report '.totals.left'):$(report '.deadline_reached')" = "0:false" ]
+  check "'Upload summary' in the uploader container's log" summary_in_log
+  check "uploads carried the token and the Pod's identity (downward API env)" identity_headers
+}
+
+# --- cases --------------------------------------------------------------------------------
+prestop="/sidecap upload --dir /capture --safety-margin 2s"
+
+case=job
+echo "== job: main makes 5 requests and exits; the kubelet then stops the sidecars (grace 20s)"
+if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
+  # A Job's Pod terminates when its main container has exited (KEP-753: sidecars then get the
+  # normal termination sequence). Bounded wait for main.
+  timeout 60 podman wait "$pod-main" >/dev/null
+  delete_pod "$prestop"
+  show_timeline
+  check "live capture holds no capability (CapPrm/CapEff: $capture_caps)" [ "$capture_caps" = "0000000000000000 " ]
+  check "uploader holds no capability (CapPrm/CapEff: $uploader_caps)" [ "$uploader_caps" = "0000000000000000 " ]
+  lifecycle_asserts
+  [ "$fail" -gt 0 ] && dump_logs
+else bad "pod start-up"; dump_logs; fi
+
+case=deployment
+echo "== deployment: the Pod is deleted while main still runs; rotation + continuous upload (grace 20s)"
+before=$fail
+if start_pod deploy 20 0 "--continuous --poll-interval 500ms" "--max-total-size 64MiB --rotate-interval 2s" "serve 0 0.2"; then
+  sleep 7   # main keeps making requests; the capture rotates, the uploader ships finished files
+  check "continuous mode uploaded files while the app ran" [ -n "$(received_files)" ]
+  delete_pod "$prestop"
+  show_timeline
+  lifecycle_asserts
+  check "more than one file (rotation)" [ "$(find "$dir/vol" -name '*.pcap' | wc -l)" -ge 2 ]
+  [ "$fail" -gt "$before" ] && dump_logs
+else bad "pod start-up"; dump_logs; fi
+
+case=short-grace
+echo "== short grace: 4s of grace, a webhook that takes 3s per file, several files"
+before=$fail
+if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 0.25"; then
+  timeout 60 podman wait "$pod-main" >/dev/null
+  delete_pod "$prestop"
+  show_timeline
+  check "preStop upload exited 5 (deadline with files left)" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 5 ]
+  check "'deadline reached' in the uploader container's log" in_log 'deadline reached'
+  check "report: deadline_reached true, files left listed" \
+    [ "$(report '.deadline_reached'):$(report '.totals.left > 0'):$(report '.not_uploaded | length > 0')" = "true:true:true" ]
+  check "capture exited 0" exit_code_is "$pod-capture" 0
+  check "uploader exited 0 (not 137/143)" exit_code_is "$pod-uploader" 0
+  check "everything finished before t0 + ${grace}s" finished_in_time
+  check "no corrupt file on the volume" pcap_ok "$dir"/vol/*.pcap
+  mapfile -t received < <(received_files)
+  check "no corrupt file at the receiver" pcap_ok "${received[@]}"
+  [ "$fail" -gt "$before" ] && dump_logs
+else bad "pod start-up"; dump_logs; fi
+
+case=least-privilege
+echo "== least privilege"
+lp="$work/lp"; mkdir -p "$lp/vol" "$lp/fs"; chmod 0777 "$lp/vol"
+user="$(podman image inspect -f '{{.Config.User}}' "$image")"
+non_root_user() { [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "${user%%:*}" != root ]; }
+check "image's default user is non-root ($user)" non_root_user
+cid="$(podman create "$image")"
+podman export "$cid" | tar -C "$lp/fs" --xattrs --xattrs-include='security.capability' -x
+podman rm "$cid" >/dev/null
+check "binary has cap_net_raw+ep ($(getcap "$lp/fs/sidecap" | cut -d' ' -f2))" \
+  [ "$(getcap "$lp/fs/sidecap" | cut -d' ' -f2)" = "cap_net_raw=ep" ]
+only_binary() { [ "$(find "$lp/fs" -mindepth 1 -not -path "$lp/fs/dev*" -not -path "$lp/fs/proc*" -not -path "$lp/fs/sys*" -not -path "$lp/fs/etc*" -not -path "$lp/fs/run*" | tr '\n' ' ')" = "$lp/fs/sidecap " ]; }
+check "nothing in the image but /sidecap (no shell)" only_binary
+check "STOPSIGNAL is SIGTERM" [ "$(podman image inspect -f '{{.Config.StopSignal}}' "$image")" = SIGTERM ]
+lprun() { podman run --runtime "$runtime" --rm --network none --read-only -v "$lp/vol:/capture" "$@"; }
+lprun --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /capture --prefix nonroot --duration 1s --listen off > "$lp/ok.log" 2>&1
+rc=$?
+check "non-root capture with only NET_RAW (bounding set) + the file capability works (exit $rc)" [ "$rc" = 0 ]
+owned_0640() { [ "$(stat -c '%u %a' "$lp"/vol/nonroot-*.pcap 2>/dev/null)" = "65532 640" ] && pcap_ok "$lp"/vol/nonroot-*.pcap; }
+check "its file is owned by 65532, mode 0640, and valid" owned_0640
+# allowPrivilegeEscalation: false (no_new_privs) voids the file capability: the binary runs
+# without NET_RAW and must say what to grant.
+lprun --cap-drop ALL --cap-add NET_RAW --security-opt no-new-privileges "$image" \
+  capture -i lo --dir /capture --prefix nnp --duration 1s --listen off > "$lp/nnp.log" 2>&1
+rc=$?
+check "without NET_RAW (no_new_privs) it exits 4 (got $rc)" [ "$rc" = 4 ]
+check "and its message says what to grant" grep -q 'capabilities.add: \["NET_RAW"\]' "$lp/nnp.log"
+# NET_RAW missing from capabilities.add: the kernel refuses to exec a binary whose +ep file
+# capability it cannot grant (EPERM), so the container never starts; the runtime reports it.
+lprun --cap-drop ALL "$image" capture -i lo --dir /capture --prefix nocap --duration 1s --listen off > "$lp/nocap.log" 2>&1
+rc=$?
+check "without NET_RAW in the bounding set the runtime refuses to start it (rc $rc, 'operation not permitted')" \
+  grep -q 'operation not permitted' "$lp/nocap.log"
+lprun --user 0 --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /capture --prefix root --duration 1s --listen off > "$lp/root.log" 2>&1
+rc=$?
+check "as root with only NET_RAW it works too (exit $rc)" [ "$rc" = 0 ]
+[ "$fail" -gt 0 ] && { for f in "$lp"/*.log; do echo "    --- $f"; tail -5 "$f" | sed 's/^/    /'; done; }
+
+echo
+echo "image: $image, $(podman image inspect -f '{{.Size}}' "$image") bytes"
+for f in "${failed[@]}"; do echo "FAILED: $f"; done
+echo "e2e: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
