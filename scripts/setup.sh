@@ -12,7 +12,14 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  echo "setup: cargo is in ~/.cargo/bin but not on PATH: run 'source ~/.cargo/env' first" >&2
   exit 1
+fi
+if ! command -v cargo >/dev/null; then
+  # No rustup toolchain: Debian 12 ships a current Rust as cargo-web/rustc-web (1.85+).
+  echo "setup: no cargo on PATH; installing Debian's cargo-web (or install Rust with rustup)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends cargo-web >/dev/null
 fi
