@@ -6,11 +6,12 @@
 # The runtime image is FROM scratch: no shell, no libc, no package manager; probes and hooks
 # use HTTP or the binary itself. The binary is static (glibc +crt-static, Debian's libpcap.a;
 # recipe and reasons in build/static/build.sh), runs as 65532 and carries the file capability
-# cap_net_raw+ep, so a Pod needs only capabilities.add [NET_RAW] with drop [ALL], never
-# privileged mode or root. It works as root too. Every container that runs this binary needs
-# NET_RAW in its bounding set (capabilities.add): the kernel refuses to exec a binary whose
-# effective file capability it cannot grant. The uploader adds it and sets
-# allowPrivilegeEscalation: false, which voids the file capability (see k8s/examples).
+# cap_net_raw+p, so the capture container needs only capabilities.add [NET_RAW] with drop [ALL],
+# never privileged mode or root. It works as root too. Permitted only, no effective bit: sidecap
+# raises CAP_NET_RAW from its permitted set itself just to open the capture, then drops it. With
+# the effective bit the kernel would refuse to exec the binary (EPERM) in any container whose
+# bounding set lacks NET_RAW; without it, the uploader container runs the same binary with
+# drop [ALL], nothing added and allowPrivilegeEscalation: false (see k8s/examples).
 
 # checkov findings that are the design (k8s/check.sh runs checkov):
 #checkov:skip=CKV_DOCKER_2:no HEALTHCHECK - Kubernetes ignores it; the manifests probe /livez and /readyz over HTTP, and the image has no shell or client to run one
@@ -37,7 +38,7 @@ COPY . .
 RUN bin="$(build/static/build.sh)" \
  && install -D -m 0755 "$bin" /out/sidecap \
  && strip /out/sidecap \
- && setcap cap_net_raw+ep /out/sidecap \
+ && setcap cap_net_raw+p /out/sidecap \
  && getcap /out/sidecap
 
 FROM ${DEBIAN_IMAGE} AS prebuilt
@@ -49,7 +50,7 @@ COPY ${PREBUILT} /out/sidecap
 RUN command -v setcap >/dev/null \
     || { apt-get update && apt-get install -y --no-install-recommends libcap2-bin; } \
  && chmod 0755 /out/sidecap \
- && setcap cap_net_raw+ep /out/sidecap \
+ && setcap cap_net_raw+p /out/sidecap \
  && getcap /out/sidecap
 
 FROM ${RUNTIME_IMAGE} AS runtime-base

@@ -10,7 +10,8 @@
 #   initContainers: uploader (restartPolicy: Always), capture (restartPolicy: Always, startupProbe)
 #   containers:     main
 # Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
-# upload with rotation), short-grace (the deadline hits with files left), least-privilege.
+# upload with rotation), short-grace (the deadline hits with files left), least-privilege. The
+# uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
 #   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
@@ -63,6 +64,12 @@ wait_started() { # container port path
   return 1
 }
 
+# caps_of CONTAINER FIELD-REGEX -> the distinct hex values of those /proc status fields over every
+# thread of the container's PID 1 (capabilities are per thread), space-separated.
+caps_of() {
+  grep -hE "^$2:" "/proc/$(state "$1" Pid)"/task/*/status 2>/dev/null | awk '{print $2}' | sort -u | tr '\n' ' '
+}
+
 # start_pod NAME GRACE RECEIVER_DELAY "UPLOADER ARGS" "CAPTURE ARGS" "APP ARGS"
 start_pod() {
   pod="sidecap-e2e-$1"; grace="$2"; dir="$work/$1"
@@ -81,11 +88,13 @@ start_pod() {
   infra_pid="$(podman inspect -f '{{.State.Pid}}' "$(podman pod inspect -f '{{.InfraContainerID}}' "$pod")")"
   local _; for _ in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
   # The sidecars run exactly as the manifests say: default user of the image (65532), drop ALL,
-  # add NET_RAW, read-only root filesystem; no_new_privs (allowPrivilegeEscalation: false) on the
-  # uploader only, so that its copy of the binary gains nothing from the file capability.
+  # read-only root filesystem. The uploader adds no capability at all and has no_new_privs
+  # (allowPrivilegeEscalation: false): the binary's cap_net_raw+p has no effective bit, so the
+  # kernel execs it without NET_RAW in the bounding set. The capture adds NET_RAW and leaves
+  # no_new_privs unset, so the file capability gives it NET_RAW in its permitted set.
   # shellcheck disable=SC2086
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
-    --cap-drop ALL --cap-add NET_RAW --security-opt no-new-privileges \
+    --cap-drop ALL --security-opt no-new-privileges \
     -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
     -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
     -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
@@ -97,8 +106,11 @@ start_pod() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-capture" --read-only --cap-drop ALL --cap-add NET_RAW \
     -v "$dir/vol:/capture" "$image" capture --dir /capture $5 >/dev/null || return 1
   wait_started "$pod-capture" 9797 /readyz || return 1
-  capture_caps="$(grep -E '^Cap(Prm|Eff)' "/proc/$(state "$pod-capture" Pid)/status" | awk '{print $2}' | sort -u | tr '\n' ' ')"
-  uploader_caps="$(grep -E '^Cap(Prm|Eff)' "/proc/$(state "$pod-uploader" Pid)/status" | awk '{print $2}' | sort -u | tr '\n' ' ')"
+  # Capabilities are per thread: read every thread's sets, once both sidecars are started (the
+  # capture drops its capabilities right after opening the pcap handle and the first file).
+  capture_threads_caps="$(caps_of "$pod-capture" 'Cap(Prm|Eff)')"
+  capture_threads="$(find "/proc/$(state "$pod-capture" Pid)/task" -mindepth 1 -maxdepth 1 | wc -l)"
+  uploader_caps="$(caps_of "$pod-uploader" 'Cap(Prm|Eff)')"
   # shellcheck disable=SC2086
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-main" -v "$repo/tests/e2e:/e2e:ro" \
     "$debian" python3 /e2e/pod.py app $6 >/dev/null || return 1
@@ -266,8 +278,10 @@ if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
   timeout 60 podman wait "$pod-main" >/dev/null
   delete_pod "$prestop"
   show_timeline
-  check "live capture holds no capability (CapPrm/CapEff: $capture_caps)" [ "$capture_caps" = "0000000000000000 " ]
-  check "uploader holds no capability (CapPrm/CapEff: $uploader_caps)" [ "$uploader_caps" = "0000000000000000 " ]
+  check "live capture holds no capability: every thread's CapPrm/CapEff empty ($capture_threads threads: $capture_threads_caps)" \
+    [ "$capture_threads_caps" = "0000000000000000 " ]
+  check "uploader (drop ALL, no NET_RAW) holds no capability in any thread (CapPrm/CapEff: $uploader_caps)" \
+    [ "$uploader_caps" = "0000000000000000 " ]
   lifecycle_asserts
   [ "$fail" -gt 0 ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
@@ -314,11 +328,14 @@ check "image's default user is non-root ($user)" non_root_user
 cid="$(podman create "$image")"
 podman export "$cid" | tar -C "$lp/fs" --xattrs --xattrs-include='security.capability' -x
 podman rm "$cid" >/dev/null
-check "binary has cap_net_raw+ep ($(getcap "$lp/fs/sidecap" | cut -d' ' -f2))" \
-  [ "$(getcap "$lp/fs/sidecap" | cut -d' ' -f2)" = "cap_net_raw=ep" ]
+# Permitted only (no effective bit): sidecap raises CAP_NET_RAW itself, and the kernel does not
+# refuse to exec the binary where the bounding set lacks NET_RAW (the uploader's container).
+check "binary has cap_net_raw+p, no effective bit ($(getcap "$lp/fs/sidecap" | cut -d' ' -f2))" \
+  [ "$(getcap "$lp/fs/sidecap" | cut -d' ' -f2)" = "cap_net_raw=p" ]
 only_binary() { [ "$(find "$lp/fs" -mindepth 1 -not -path "$lp/fs/dev*" -not -path "$lp/fs/proc*" -not -path "$lp/fs/sys*" -not -path "$lp/fs/etc*" -not -path "$lp/fs/run*" | tr '\n' ' ')" = "$lp/fs/sidecap " ]; }
 check "nothing in the image but /sidecap (no shell)" only_binary
 check "STOPSIGNAL is SIGTERM" [ "$(podman image inspect -f '{{.Config.StopSignal}}' "$image")" = SIGTERM ]
+grep_and_not() { grep -q "$1" "$3" && ! grep -q "$2" "$3"; }  # present absent file
 lprun() { podman run --runtime "$runtime" --rm --network none --read-only -v "$lp/vol:/capture" "$@"; }
 lprun --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /capture --prefix nonroot --duration 1s --listen off > "$lp/ok.log" 2>&1
 rc=$?
@@ -331,13 +348,17 @@ lprun --cap-drop ALL --cap-add NET_RAW --security-opt no-new-privileges "$image"
   capture -i lo --dir /capture --prefix nnp --duration 1s --listen off > "$lp/nnp.log" 2>&1
 rc=$?
 check "without NET_RAW (no_new_privs) it exits 4 (got $rc)" [ "$rc" = 4 ]
-check "and its message says what to grant" grep -q 'capabilities.add: \["NET_RAW"\]' "$lp/nnp.log"
-# NET_RAW missing from capabilities.add: the kernel refuses to exec a binary whose +ep file
-# capability it cannot grant (EPERM), so the container never starts; the runtime reports it.
+check "and its message names NET_RAW and says what to grant" grep -q 'capabilities.add: \["NET_RAW"\]' "$lp/nnp.log"
+# NET_RAW missing from capabilities.add: with +p (no effective bit) the kernel still execs the
+# binary, which starts and fails with its own message, not with the runtime's EPERM.
 lprun --cap-drop ALL "$image" capture -i lo --dir /capture --prefix nocap --duration 1s --listen off > "$lp/nocap.log" 2>&1
 rc=$?
-check "without NET_RAW in the bounding set the runtime refuses to start it (rc $rc, 'operation not permitted')" \
-  grep -q 'operation not permitted' "$lp/nocap.log"
+check "without NET_RAW in the bounding set it starts and exits 4 (got $rc)" [ "$rc" = 4 ]
+check "and its message names NET_RAW and says what to grant" grep -q 'capabilities.add: \["NET_RAW"\]' "$lp/nocap.log"
+# The binary ran (its own error line), and the runtime did not fail the exec ("exec ...
+# /sidecap...: operation not permitted"; libpcap's "socket: Operation not permitted" is expected).
+check "the error is sidecap's own, not the runtime's exec EPERM" \
+  grep_and_not 'sidecap: error: .*capturing needs CAP_NET_RAW' 'exec.*operation not permitted' "$lp/nocap.log"
 lprun --user 0 --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /capture --prefix root --duration 1s --listen off > "$lp/root.log" 2>&1
 rc=$?
 check "as root with only NET_RAW it works too (exit $rc)" [ "$rc" = 0 ]
