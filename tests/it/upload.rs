@@ -276,6 +276,34 @@ fn hanging_receiver_exits_5_before_the_deadline() {
     let rep = report(dir.path());
     assert_eq!(rep["deadline_reached"], true);
     assert_eq!(rep["not_uploaded"], serde_json::json!([names[0]]));
+    // The wait for a response is bounded (1 s with this budget), so the hang costs one attempt,
+    // not the budget: about three attempts fit in 3 s (two at least on a loaded machine).
+    let attempts = rep["files"][0]["attempts"].as_u64().unwrap();
+    assert!((2..=3).contains(&attempts), "{attempts} attempts: {rep:#}");
+    assert_eq!(rx.requests().len() as u64, attempts);
+}
+
+#[test]
+fn receiver_stalled_mid_body_costs_one_attempt_not_the_budget() {
+    let (dir, names) = finished_capture(1);
+    // 32 MiB: more than the loopback socket buffers hold, so the stall reaches the sender.
+    write_pcap(&dir.path().join(&names[0]), 500, 65_000);
+    let rx = Receiver::start(vec![Action::StallMidBody(1 << 20)]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"),
+        Duration::from_secs(25),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(took < Duration::from_secs(18), "{took:?}");
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2, "one stalled attempt, one retry");
+    // The stall was noticed after a few seconds without progress, not at the deadline.
+    assert!(reqs[1].at - reqs[0].at < Duration::from_secs(9), "{log}");
+    assert_matches_disk(dir.path(), &rx.accepted()[0]);
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, &names[0]), "uploaded");
+    assert_eq!(rep["files"][0]["attempts"], 2);
+    assert!(log.contains("stopped reading"), "{log}");
 }
 
 #[test]
@@ -325,8 +353,15 @@ fn dns_failure_is_a_clear_error_within_the_deadline() {
 #[test]
 fn deadline_report_lists_exactly_the_files_not_uploaded() {
     let (dir, names) = finished_capture(3);
-    // The first file goes through; the second hangs the receiver; the third never gets a turn.
-    let rx = Receiver::start(vec![Action::Status(200), Action::Hang]);
+    // The first file goes through; the second hangs the receiver (each attempt, as the wait
+    // for a response is bounded); the third never gets a turn.
+    let rx = Receiver::start(vec![
+        Action::Status(200),
+        Action::Hang,
+        Action::Hang,
+        Action::Hang,
+        Action::Hang,
+    ]);
     let mut cmd = upload_cmd(dir.path(), &rx.url("/in"), "4s", "1s");
     cmd.args(["--order", "oldest-first"]);
     let (code, took, log) = run(&mut cmd, Duration::from_secs(10));
