@@ -14,11 +14,17 @@
 //! capture takes the lock before it creates files, so a `.part` seen before a free lock cannot
 //! belong to a live capture (a capture starting later creates new names with O_EXCL and never
 //! opens old ones). Such a file is repaired like `sidecap repair` does (torn last record cut)
-//! and renamed to `.pcap`, which is the name it is uploaded under.
+//! and renamed to `.pcap`, which is the name it is uploaded under. When the uploader may not
+//! write the file (another user, group read only), the torn tail cannot be cut: the file then
+//! keeps its `.part` name, so every listing (this run's or a later one's) finds it again and
+//! recomputes the valid length; it is uploaded and recorded under the `.pcap` name, sending only
+//! the valid records. A file that cannot be repaired at all is reported as failed.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use crate::capture::files::{self, CaptureFile, DoneMarker, Layout};
 
@@ -97,6 +103,8 @@ pub struct Listing {
     pub state: CaptureState,
     /// `.pcap.part` files a running capture is writing: (name, size).
     pub live_parts: Vec<(String, u64)>,
+    /// Dead `.pcap.part` files that could not be repaired: (name, size, why).
+    pub unrepairable: Vec<(String, u64, String)>,
 }
 
 /// Lists the files that may be uploaded now, and the capture state seen after listing.
@@ -106,6 +114,7 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
     let state = capture_state(layout);
     let mut out = Vec::new();
     let mut live_parts = Vec::new();
+    let mut unrepairable = Vec::new();
     for f in listed {
         if f.finished {
             out.push(Candidate {
@@ -122,7 +131,8 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
             match repair_dead_part(&f) {
                 Ok(c) => out.push(c),
                 Err(e) => {
-                    tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.")
+                    tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.");
+                    unrepairable.push((f.name, f.size, e));
                 }
             }
         }
@@ -131,24 +141,50 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
         ready: out,
         state,
         live_parts,
+        unrepairable,
     })
+}
+
+/// Scans of dead `.part` files we could not truncate, by (path, size, mtime): a file left in
+/// place is listed again and again, and scanning it is a full read.
+type ScanKey = (PathBuf, u64, i128);
+/// (packets, valid length, bytes of the torn tail).
+type ScanCache = Mutex<HashMap<ScanKey, (u64, u64, u64)>>;
+fn scan_cache() -> &'static ScanCache {
+    static CACHE: OnceLock<ScanCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
     let done_name = f.name.trim_end_matches(".part").to_string();
     let done_path = f.path.with_file_name(&done_name);
+    // A .pcap of that name cannot exist (names are unique per sequence number); never
+    // overwrite one, or upload two files under one name, if it somehow does.
+    if done_path.exists() {
+        return Err(format!("{done_name} already exists next to {}", f.name));
+    }
+    let key = std::fs::metadata(&f.path)
+        .map(|m| (f.path.clone(), m.len(), mtime_ns(&m)))
+        .map_err(|e| e.to_string())?;
+    let cached = scan_cache().lock().ok().and_then(|c| c.get(&key).copied());
     // The uploader may run as another user that can read the capture's files (group) but not
     // write them: then the torn tail stays on disk and only the valid part is uploaded.
-    let (r, limit) = match crate::repair::repair_file(&f.path, false) {
-        Ok(r) => (r, None),
-        Err(crate::repair::RepairError::Truncate(..)) => {
-            let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
-            let valid = r.scan.valid_len;
-            (r, Some(valid))
-        }
-        Err(e) => return Err(e.to_string()),
+    let (packets, valid, removed, limit) = match cached {
+        Some((packets, valid, removed)) => (packets, valid, removed, Some(valid)),
+        None => match crate::repair::repair_file(&f.path, false) {
+            Ok(r) => (r.scan.packets, r.scan.valid_len, r.removed, None),
+            Err(crate::repair::RepairError::Truncate(..)) => {
+                let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
+                let v = (r.scan.packets, r.scan.valid_len, r.removed);
+                if let Ok(mut c) = scan_cache().lock() {
+                    c.insert(key, v);
+                }
+                (v.0, v.1, v.2, Some(v.1))
+            }
+            Err(e) => return Err(e.to_string()),
+        },
     };
-    let what = if r.removed > 0 {
+    let what = if removed > 0 {
         format!(
             "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
             if limit.is_some() {
@@ -156,19 +192,26 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
             } else {
                 "removed"
             },
-            r.removed,
-            r.scan.packets
+            removed,
+            packets
         )
     } else {
-        format!(
-            "left by a capture that died: intact, {} packets",
-            r.scan.packets
-        )
+        format!("left by a capture that died: intact, {packets} packets")
     };
-    // A .pcap of that name cannot exist (names are unique per sequence number); never
-    // overwrite one if it somehow does.
-    if done_path.exists() {
-        return Err(format!("{done_name} already exists next to {}", f.name));
+    if limit.is_some() {
+        // Not renamed: a .pcap name would lose the limit, and a later run would send the torn
+        // tail. The .part is read in place and uploaded under the .pcap name.
+        if cached.is_none() {
+            tracing::info!(file = %done_name, from = %f.name, detail = %what, "A file left by a capture that died cannot be truncated: its valid records are uploaded, the file is left as it is.");
+        }
+        return Ok(Candidate {
+            path: f.path.clone(),
+            name: done_name,
+            seq: f.seq,
+            size: valid,
+            limit,
+            repaired: Some(what),
+        });
     }
     std::fs::rename(&f.path, &done_path).map_err(|e| format!("rename to {done_name}: {e}"))?;
     if let Some(dir) = done_path.parent() {
@@ -179,7 +222,7 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
         path: done_path,
         name: done_name,
         seq: f.seq,
-        size: r.scan.valid_len,
+        size: valid,
         limit,
         repaired: Some(what),
     })
