@@ -29,6 +29,8 @@ pub enum Action {
     Close,
     /// Read the request and never answer (until the receiver is dropped, at most 60 s).
     Hang,
+    /// Read the whole request, wait this many milliseconds, answer with this status.
+    Delay(u64, u16),
     /// Read the head and this many body bytes, then stop reading with the connection open
     /// (until the receiver is dropped, at most 60 s): a receiver stalled mid-body.
     StallMidBody(u64),
@@ -246,7 +248,15 @@ fn serve(s: TcpStream, inner: &Inner) {
                 }
                 return;
             }
-            Action::Status(code) | Action::RetryAfter(code, _) => {
+            Action::Status(code) | Action::RetryAfter(code, _) | Action::Delay(_, code) => {
+                if let Action::Delay(ms, _) = action {
+                    let t0 = Instant::now();
+                    while !inner.stop.load(Ordering::SeqCst)
+                        && t0.elapsed() < Duration::from_millis(ms)
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 let extra = match &action {
                     Action::RetryAfter(_, v) => format!("Retry-After: {v}\r\n"),
                     _ => String::new(),
