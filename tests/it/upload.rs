@@ -1420,3 +1420,46 @@ fn prestop_lets_the_in_flight_continuous_file_finish_and_joins_concurrent_calls(
     up.signal(Signal::SIGTERM);
     assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
 }
+
+#[test]
+fn watchdog_ends_a_hook_blocked_on_its_log_pipe_at_the_deadline() {
+    use std::os::fd::AsRawFd;
+    let (dir, _) = finished_capture(1);
+    let rx = Receiver::start(vec![]);
+    // stderr is a pipe that is already full and never read: the first log line blocks.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let fl = nix::fcntl::OFlag::from_bits_truncate(
+        nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+    );
+    nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(fl | nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    while nix::unistd::write(&w, &[b'x'; 4096]).is_ok() {}
+    nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
+    let t0 = Instant::now();
+    let mut child = upload_cmd(dir.path(), &rx.url("/in"), "3s", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(w))
+        .spawn()
+        .unwrap();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running after 10 s: the watchdog did not fire");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    drop(r);
+    assert_eq!(st.code(), Some(5));
+    // Deadline 2 s, watchdog at 2 s + min(1 s / 2, 1 s); before t0 + grace (3 s).
+    assert!(
+        took >= Duration::from_millis(2300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
