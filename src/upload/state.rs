@@ -19,6 +19,11 @@
 //! keeps its `.part` name, so every listing (this run's or a later one's) finds it again and
 //! recomputes the valid length; it is uploaded and recorded under the `.pcap` name, sending only
 //! the valid records. A file that cannot be repaired at all is reported as failed.
+//!
+//! While a capture runs, only its newest `.pcap.part` is its own (it writes one file at a time,
+//! and a new file always gets a sequence number above every existing one): an older `.part` was
+//! left by an earlier run that died (possibly one kept in place as above). It is uploaded the
+//! same read-only way, never truncated or renamed, so nothing changes under a running capture.
 
 use std::collections::HashMap;
 use std::io;
@@ -115,6 +120,8 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
     let mut out = Vec::new();
     let mut live_parts = Vec::new();
     let mut unrepairable = Vec::new();
+    let newest_part = listed.iter().filter(|f| !f.finished).map(|f| f.seq).max();
+    let running = matches!(state, CaptureState::Running);
     for f in listed {
         if f.finished {
             out.push(Candidate {
@@ -125,10 +132,10 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
                 limit: None,
                 repaired: None,
             });
-        } else if matches!(state, CaptureState::Running) {
+        } else if running && Some(f.seq) == newest_part {
             live_parts.push((f.name, f.size));
         } else {
-            match repair_dead_part(&f) {
+            match repair_dead_part(&f, !running) {
                 Ok(c) => out.push(c),
                 Err(e) => {
                     tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.");
@@ -155,7 +162,9 @@ fn scan_cache() -> &'static ScanCache {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
+/// `may_modify`: truncate the torn tail and rename when the file is writable; false while a
+/// capture runs (read in place, as when the file is not writable).
+fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, String> {
     let done_name = f.name.trim_end_matches(".part").to_string();
     let done_path = f.path.with_file_name(&done_name);
     // A .pcap of that name cannot exist (names are unique per sequence number); never
@@ -171,24 +180,27 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
     // write them: then the torn tail stays on disk and only the valid part is uploaded.
     let (packets, valid, removed, limit) = match cached {
         Some((packets, valid, removed)) => (packets, valid, removed, Some(valid)),
-        None => match crate::repair::repair_file(&f.path, false) {
-            Ok(r) => (r.scan.packets, r.scan.valid_len, r.removed, None),
-            Err(crate::repair::RepairError::Truncate(..)) => {
-                let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
-                let v = (r.scan.packets, r.scan.valid_len, r.removed);
-                if let Ok(mut c) = scan_cache().lock() {
-                    c.insert(key, v);
+        None => {
+            let cut = may_modify.then(|| crate::repair::repair_file(&f.path, false));
+            match cut {
+                Some(Ok(r)) => (r.scan.packets, r.scan.valid_len, r.removed, None),
+                Some(Err(crate::repair::RepairError::Truncate(..))) | None => {
+                    let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
+                    let v = (r.scan.packets, r.scan.valid_len, r.removed);
+                    if let Ok(mut c) = scan_cache().lock() {
+                        c.insert(key, v);
+                    }
+                    (v.0, v.1, v.2, Some(v.1))
                 }
-                (v.0, v.1, v.2, Some(v.1))
+                Some(Err(e)) => return Err(e.to_string()),
             }
-            Err(e) => return Err(e.to_string()),
-        },
+        }
     };
     let what = if removed > 0 {
         format!(
             "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
             if limit.is_some() {
-                "file not writable, upload stops before"
+                "file left as it is (not writable, or a capture is running), upload stops before"
             } else {
                 "removed"
             },
@@ -254,6 +266,36 @@ mod tests {
             CaptureState::Final(m) => assert!(m.reason.contains("not readable")),
             s => panic!("{s:?}"),
         }
+    }
+
+    #[test]
+    fn a_running_capture_owns_only_its_newest_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        let mut v = crate::pcapfile::file_header(1, 65535, false).to_vec();
+        crate::pcapfile::push_record(&mut v, 1, 0, 60, 60, &[7; 60]);
+        let valid = v.len() as u64;
+        v.extend_from_slice(&[1, 2, 3]); // a torn last record
+        let old = dir.path().join("capture-20261122T154101Z-000001.pcap.part");
+        std::fs::write(&old, &v).unwrap();
+        let live = dir.path().join("capture-20261122T154102Z-000002.pcap.part");
+        std::fs::write(&live, &v).unwrap();
+        let _lock = files::CaptureLock::acquire(&l).unwrap();
+        let got = candidates(&l).unwrap();
+        assert_eq!(got.state, CaptureState::Running);
+        assert_eq!(
+            got.live_parts,
+            vec![(
+                "capture-20261122T154102Z-000002.pcap.part".to_string(),
+                v.len() as u64
+            )]
+        );
+        assert_eq!(got.ready.len(), 1);
+        let c = &got.ready[0];
+        assert_eq!(c.name, "capture-20261122T154101Z-000001.pcap");
+        assert_eq!((c.path.clone(), c.limit), (old.clone(), Some(valid)));
+        // Read in place: not truncated, not renamed, under a running capture.
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), v.len() as u64);
     }
 
     #[test]
