@@ -10,12 +10,14 @@ pub const DEFAULT_CAPTURE_LISTEN: &str = "0.0.0.0:9797";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized)
-  1    runtime failure after start (interface gone, unrecoverable disk error); files finalized
+  0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized);
+       upload: everything uploaded (stopped by SIGTERM/SIGINT with files left: 5)
+  1    runtime failure after start (interface gone, unrecoverable disk error); files finalized;
+       upload: the capture directory could not be listed
   2    usage error
   3    invalid configuration (unknown interface, bad filter, missing directory, impossible options)
   4    permission denied (no CAP_NET_RAW, directory not writable)
-  5    upload deadline reached with files left
+  5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
   6    upload permanently rejected by the receiver
   130  forced exit on a second SIGTERM/SIGINT";
 

@@ -128,7 +128,13 @@ impl Layout {
     pub fn capture_running(&self) -> bool {
         let f = match File::open(self.lock_path()) {
             Ok(f) => f,
-            Err(_) => return false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            // Unknown (EACCES, EIO...): assume it runs, so nobody touches its .part files.
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::warn!(lock = %self.lock_path().display(), error = %e, "Cannot open the capture lock: treating the capture as running."));
+                return true;
+            }
         };
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock) {
             Ok(_held) => false, // released on drop

@@ -39,7 +39,7 @@ pub enum LogToPid1 {
 }
 
 /// Options shared by `uploader` and `upload`: where the files are and how to send them.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct UploadOpts {
     /// Directory the capture writes to (the shared volume).
     #[arg(short = 'w', long, env = "SIDECAP_DIR", default_value = ".")]
@@ -96,6 +96,37 @@ pub struct UploadOpts {
     /// Time kept back from the grace period (report, exit, clock skew between hooks).
     #[arg(long, env = "SIDECAP_SAFETY_MARGIN", default_value = DEFAULT_SAFETY_MARGIN)]
     pub safety_margin: String,
+}
+
+/// `--url` and `--header` values are secrets: Debug shows the redacted URL and header names.
+impl std::fmt::Debug for UploadOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|h| {
+                let name = h.split_once(':').map_or("?", |(n, _)| n.trim());
+                format!("{name}: {}", super::redact::REDACTED)
+            })
+            .collect();
+        f.debug_struct("UploadOpts")
+            .field("dir", &self.dir)
+            .field("prefix", &self.prefix)
+            .field(
+                "url",
+                &self.url.as_deref().map(super::redact::url_for_display),
+            )
+            .field("method", &self.method)
+            .field("form", &self.form)
+            .field("gzip", &self.gzip)
+            .field("headers", &headers)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("ca_file", &self.ca_file)
+            .field("order", &self.order)
+            .field("grace_period", &self.grace_period)
+            .field("safety_margin", &self.safety_margin)
+            .finish()
+    }
 }
 
 /// `sidecap upload`: the preStop path (exec hook).

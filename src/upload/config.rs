@@ -34,7 +34,7 @@ pub enum ConfigError {
     File(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UploadConfig {
     pub layout: Layout,
     /// The URL as given (may contain `{file}`); never log it, use `url_display`.
@@ -52,6 +52,32 @@ pub struct UploadConfig {
     pub pod: Vec<(HeaderName, HeaderValue)>,
     pub pod_uid: String,
     pub redactor: Redactor,
+}
+
+/// Header values and the URL are secrets: Debug shows header names and the redacted URL only.
+impl std::fmt::Debug for UploadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |h: &[(HeaderName, HeaderValue)]| -> Vec<String> {
+            h.iter()
+                .map(|(n, _)| format!("{n}: {}", redact::REDACTED))
+                .collect()
+        };
+        f.debug_struct("UploadConfig")
+            .field("layout", &self.layout)
+            .field("url", &self.url_display)
+            .field("method", &self.method)
+            .field("form", &self.form)
+            .field("gzip", &self.gzip)
+            .field("headers", &names(&self.headers))
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .field("order", &self.order)
+            .field("grace", &self.grace)
+            .field("margin", &self.margin)
+            .field("pod", &names(&self.pod))
+            .field("redactor", &self.redactor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UploadConfig {
@@ -245,6 +271,34 @@ mod tests {
             "capture-20261122T154123Z-000001.pcap"
         );
         assert_eq!(percent_encode("a b/c?d"), "a%20b%2Fc%3Fd");
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let opts = UploadOpts {
+            dir: ".".into(),
+            prefix: "capture".into(),
+            url: Some("https://h.example/hook/PATHSECRET1?sig=QUERYSECRET2".into()),
+            method: Method::Post,
+            form: None,
+            gzip: false,
+            headers: vec!["X-Api-Key: HEADERSECRET3".into()],
+            bearer_token_file: None,
+            ca_file: None,
+            order: Order::NewestFirst,
+            grace_period: "30s".into(),
+            safety_margin: "2s".into(),
+        };
+        let cfg = from_opts(&opts, true).unwrap();
+        for text in [format!("{cfg:?}"), format!("{opts:?}"), format!("{cfg:#?}")] {
+            for secret in ["PATHSECRET1", "QUERYSECRET2", "HEADERSECRET3"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(
+                text.contains("x-api-key") || text.contains("X-Api-Key"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

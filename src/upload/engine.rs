@@ -4,17 +4,26 @@
 //! Memory stays bounded whatever the file size: a first pass streams the file through SHA-256
 //! (and through gzip when `--gzip`, whose output is deterministic, so its digest and length are
 //! known before sending), then the body is streamed from the file in 64 KiB chunks with a
-//! `Content-Length`, which presigned-URL receivers require. Each attempt carries a timeout equal
-//! to what is left of the budget, which bounds connect, send and read together; connects alone
-//! are bounded shorter so a black-holed address still leaves time for retries.
+//! `Content-Length`, which presigned-URL receivers require. Every attempt reads the file with
+//! positional reads (`pread`), so attempts never share a file offset.
+//!
+//! One attempt cannot eat the whole budget ([`retry::attempt_limits`]): it is capped at what
+//! is left, or at half of it when the body would fit at the minimum rate; a watchdog aborts it
+//! when the receiver accepts no body bytes for a few seconds (it stopped reading) or sends no
+//! response head for a while after the whole body; connects alone are bounded shorter. An
+//! aborted attempt is a timeout, retried like any other.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use reqwest::header::{self, HeaderValue};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -34,6 +43,11 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How much of an error response body is kept for the report (scrubbed).
 const ERROR_BODY_LIMIT: usize = 512;
+/// How often an attempt's watchdog looks at the body's progress.
+const WATCH_TICK: Duration = Duration::from_millis(100);
+
+/// A body as a stream of chunks read from the file.
+type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -346,7 +360,13 @@ impl Engine {
             }
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
         };
-        match self.ledger.contains(&c.name) {
+        let in_ledger = {
+            let (ledger, name) = (self.ledger.clone(), c.name.clone());
+            tokio::task::spawn_blocking(move || ledger.contains(&name))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        match in_ledger {
             Ok(true) => {
                 r.status = FileStatus::AlreadyUploaded;
                 return r;
@@ -359,15 +379,11 @@ impl Engine {
             }
         }
         let file = match lock.file() {
-            Ok(f) => f,
+            Ok(f) => Arc::new(f),
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
         };
         let prep = {
-            let (f, gzip, cancel) = (file.try_clone(), self.cfg.gzip, cancel.clone());
-            let f = match f {
-                Ok(f) => f,
-                Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
-            };
+            let (f, gzip, cancel) = (file.clone(), self.cfg.gzip, cancel.clone());
             let limit = c.limit;
             match tokio::task::spawn_blocking(move || prepare(f, limit, gzip, deadline, &cancel))
                 .await
@@ -453,7 +469,12 @@ impl Engine {
                         http_status: r.http_status.unwrap_or(0),
                         idempotency_key: key.clone(),
                     };
-                    if let Err(e) = self.ledger.record(&entry) {
+                    // fsync can stall on a busy volume: not on the runtime thread.
+                    let ledger = self.ledger.clone();
+                    let recorded = tokio::task::spawn_blocking(move || ledger.record(&entry))
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    if let Err(e) = recorded {
                         tracing::warn!(file = %c.name, error = %e, "Uploaded, but cannot record it in the ledger: a later run may send it again (with the same Idempotency-Key).");
                     }
                     drop(lock);
@@ -487,10 +508,11 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
         c: &Candidate,
-        file: &std::fs::File,
+        file: &Arc<std::fs::File>,
         prep: &Prepared,
         key: &str,
         remaining: Duration,
@@ -506,8 +528,10 @@ impl Engine {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let body = match body_stream(file, prep.file_len, cfg.gzip) {
-            Ok(b) => b,
+        let limits = retry::attempt_limits(remaining, prep.body_len);
+        let progress = Arc::new(Progress::default());
+        let body = match body_stream(file.clone(), prep.file_len, cfg.gzip) {
+            Ok(b) => tracked(b, progress.clone()),
             Err(e) => {
                 return Attempt::Transport(
                     TransportError::Other,
@@ -515,7 +539,7 @@ impl Engine {
                 )
             }
         };
-        let mut req = self.client.request(method, &url).timeout(remaining);
+        let mut req = self.client.request(method, &url).timeout(limits.total);
         for (n, v) in &cfg.headers {
             req = req.header(n, v);
         }
@@ -567,54 +591,138 @@ impl Engine {
                 req = req.header(header::CONTENT_ENCODING, "gzip");
             }
         }
-        let mut resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let (k, m) = redact(&e);
-                return Attempt::Transport(k, m);
-            }
-        };
-        let code = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        // Read (a bounded part of) the response so the connection can be reused and an error
-        // says what the receiver said.
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(ch)) => {
-                    if body.len() < ERROR_BODY_LIMIT {
-                        body.extend_from_slice(&ch[..ch.len().min(ERROR_BODY_LIMIT - body.len())]);
-                    }
-                }
-                Ok(None) => break,
+        let exchange = async {
+            let mut resp = match req.send().await {
+                Ok(r) => r,
                 Err(e) => {
-                    if (200..300).contains(&code) {
-                        // The status is what counts; a body cut short after it changes nothing.
-                        break;
-                    }
                     let (k, m) = redact(&e);
                     return Attempt::Transport(k, m);
                 }
+            };
+            let code = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            // Read (a bounded part of) the response so the connection can be reused and an
+            // error says what the receiver said.
+            let mut body = Vec::new();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(ch)) => {
+                        if body.len() < ERROR_BODY_LIMIT {
+                            body.extend_from_slice(
+                                &ch[..ch.len().min(ERROR_BODY_LIMIT - body.len())],
+                            );
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if (200..300).contains(&code) {
+                            // The status is what counts; a body cut short after it changes
+                            // nothing.
+                            break;
+                        }
+                        let (k, m) = redact(&e);
+                        return Attempt::Transport(k, m);
+                    }
+                }
             }
-        }
-        let text = if (200..300).contains(&code) {
-            String::new()
-        } else {
-            let t = String::from_utf8_lossy(&body);
-            let t: String = t
-                .chars()
-                .map(|ch| if ch.is_control() { ' ' } else { ch })
-                .collect();
-            cfg.redactor.scrub(t.trim())
+            let text = if (200..300).contains(&code) {
+                String::new()
+            } else {
+                let t = String::from_utf8_lossy(&body);
+                let t: String = t
+                    .chars()
+                    .map(|ch| if ch.is_control() { ' ' } else { ch })
+                    .collect();
+                cfg.redactor.scrub(t.trim())
+            };
+            Attempt::Status {
+                code,
+                retry_after,
+                body: text,
+            }
         };
-        Attempt::Status {
-            code,
-            retry_after,
-            body: text,
+        tokio::select! {
+            a = exchange => a,
+            why = watch(&progress, limits) => Attempt::Transport(TransportError::Timeout, why),
+        }
+    }
+}
+
+/// When the body of one attempt last moved: the instants the HTTP stack took a chunk and took
+/// the end of the body.
+struct Progress {
+    started: Instant,
+    last_chunk: Mutex<Option<Instant>>,
+    body_done: Mutex<Option<Instant>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            started: Instant::now(),
+            last_chunk: Mutex::new(None),
+            body_done: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress {
+    fn set(m: &Mutex<Option<Instant>>) {
+        if let Ok(mut g) = m.lock() {
+            *g = Some(Instant::now());
+        }
+    }
+
+    fn get(m: &Mutex<Option<Instant>>) -> Option<Instant> {
+        m.lock().ok().and_then(|g| *g)
+    }
+}
+
+/// Counts the chunks the HTTP stack takes: it takes the next one only when the previous one is
+/// on its way, so a receiver that stops reading stops the count.
+fn tracked(s: ByteStream, p: Arc<Progress>) -> reqwest::Body {
+    let p2 = p.clone();
+    let s = s
+        .map(move |item| {
+            Progress::set(&p.last_chunk);
+            item
+        })
+        .chain(futures_util::stream::poll_fn(move |_| {
+            Progress::set(&p2.body_done);
+            Poll::Ready(None)
+        }));
+    reqwest::Body::wrap_stream(s)
+}
+
+/// Resolves when the attempt should be abandoned: no body progress for `limits.stall` (the
+/// receiver stopped reading), or no response for `limits.response` after the whole body went
+/// out. Before the first chunk the connect timeout applies. Returns why.
+async fn watch(p: &Progress, limits: retry::AttemptLimits) -> String {
+    loop {
+        tokio::time::sleep(WATCH_TICK).await;
+        let now = Instant::now();
+        if let Some(done) = Progress::get(&p.body_done) {
+            if now.duration_since(done) >= limits.response {
+                return format!(
+                    "timed out: no response within {} ms after the whole body was sent",
+                    limits.response.as_millis()
+                );
+            }
+            continue;
+        }
+        let (since, allowed) = match Progress::get(&p.last_chunk) {
+            Some(t) => (t, limits.stall),
+            None => (p.started, CONNECT_TIMEOUT + limits.stall),
+        };
+        if now.duration_since(since) >= allowed {
+            return format!(
+                "timed out: the receiver accepted no data for {} ms (it stopped reading the body)",
+                allowed.as_millis()
+            );
         }
     }
 }
@@ -660,9 +768,23 @@ impl Write for HashWriter {
     }
 }
 
+/// Reads a shared file from `pos` on with positional reads: readers never share an offset.
+struct PosReader {
+    f: Arc<std::fs::File>,
+    pos: u64,
+}
+
+impl Read for PosReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.f.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// The first pass: digests of the file and of the body as sent. Stops at the deadline.
 fn prepare(
-    mut f: std::fs::File,
+    f: Arc<std::fs::File>,
     limit: Option<u64>,
     gzip: bool,
     deadline: Instant,
@@ -673,7 +795,7 @@ fn prepare(
         .map_err(|e| format!("cannot stat: {e}"))?
         .len()
         .min(limit.unwrap_or(u64::MAX));
-    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut f = PosReader { f, pos: 0 };
     let mut file_h = Sha256::new();
     let mut gz = gzip.then(|| {
         flate2::write::GzEncoder::new(
@@ -722,14 +844,40 @@ fn prepare(
 }
 
 /// The body of one attempt: the first `len` bytes of the file, raw or gzipped, as a stream.
-fn body_stream(file: &std::fs::File, len: u64, gzip: bool) -> io::Result<reqwest::Body> {
-    let mut f = file.try_clone()?;
-    f.seek(SeekFrom::Start(0))?;
+/// Each call reads from offset 0 with its own positional reader.
+fn body_stream(file: Arc<std::fs::File>, len: u64, gzip: bool) -> io::Result<ByteStream> {
     if !gzip {
-        let r = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(f), len);
-        return Ok(reqwest::Body::wrap_stream(
-            tokio_util::io::ReaderStream::with_capacity(r, CHUNK),
-        ));
+        // One blocking read per chunk, off the runtime thread (what tokio::fs does too).
+        let s = futures_util::stream::unfold((file, 0u64), move |(f, pos)| async move {
+            if pos >= len {
+                return None;
+            }
+            let want = CHUNK.min((len - pos) as usize);
+            let f2 = f.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let n = f2.read_at(&mut buf, pos)?;
+                buf.truncate(n);
+                Ok::<_, io::Error>(buf)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match read {
+                Ok(buf) if buf.is_empty() => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while being sent",
+                    )),
+                    (f, len),
+                )),
+                Ok(buf) => {
+                    let next = pos + buf.len() as u64;
+                    Some((Ok(Bytes::from(buf)), (f, next)))
+                }
+                Err(e) => Some((Err(e), (f, len))),
+            }
+        });
+        return Ok(Box::pin(s));
     }
     // gzip runs on its own thread and hands chunks over a small bounded channel, so memory
     // stays at a few chunks however large the file is.
@@ -751,7 +899,8 @@ fn body_stream(file: &std::fs::File, len: u64, gzip: bool) -> io::Result<reqwest
             }
             let w = io::BufWriter::with_capacity(CHUNK, ChanWriter(tx.clone()));
             let mut g = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
-            let res = io::copy(&mut (&mut f).take(len), &mut g)
+            let mut r = PosReader { f: file, pos: 0 }.take(len);
+            let res = io::copy(&mut r, &mut g)
                 .and_then(|_| g.finish())
                 .and_then(|mut w| w.flush());
             if let Err(e) = res {
@@ -763,7 +912,7 @@ fn body_stream(file: &std::fs::File, len: u64, gzip: bool) -> io::Result<reqwest
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Ok(reqwest::Body::wrap_stream(stream))
+    Ok(Box::pin(stream))
 }
 
 /// Maps a reqwest error to a transport class and a message with no URL and no secret in it.
@@ -859,9 +1008,9 @@ mod tests {
         let p = dir.path().join("f");
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        let f = std::fs::File::open(&p).unwrap();
+        let f = Arc::new(std::fs::File::open(&p).unwrap());
         let prep = prepare(
-            f.try_clone().unwrap(),
+            f.clone(),
             None,
             true,
             Instant::now() + Duration::from_secs(60),
@@ -873,9 +1022,7 @@ mod tests {
             .build()
             .unwrap();
         let sent = rt.block_on(async {
-            use futures_util::StreamExt;
-            let body = body_stream(&f, prep.file_len, true).unwrap();
-            let mut s = http_body_util::BodyDataStream::new(body);
+            let mut s = body_stream(f.clone(), prep.file_len, true).unwrap();
             let mut out = Vec::new();
             while let Some(ch) = s.next().await {
                 out.extend_from_slice(&ch.unwrap());
@@ -891,5 +1038,34 @@ mod tests {
             .unwrap();
         assert_eq!(dec, data);
         assert_eq!(prep.file_sha, hex(&Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn body_streams_of_two_attempts_do_not_share_a_file_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = Arc::new(std::fs::File::open(&p).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, b) = rt.block_on(async {
+            // An abandoned attempt read part of the file; the retry must still start at 0.
+            let mut first = body_stream(f.clone(), data.len() as u64, false).unwrap();
+            let mut a = first.next().await.unwrap().unwrap().to_vec();
+            let mut second = body_stream(f.clone(), data.len() as u64, false).unwrap();
+            let mut b = Vec::new();
+            while let Some(ch) = second.next().await {
+                b.extend_from_slice(&ch.unwrap());
+            }
+            while let Some(ch) = first.next().await {
+                a.extend_from_slice(&ch.unwrap());
+            }
+            (a, b)
+        });
+        assert_eq!(a, data);
+        assert_eq!(b, data);
     }
 }

@@ -2,13 +2,22 @@
 //! `GET /prestop` on the uploader) and `--continuous`. Both go through the one [`Engine`].
 //!
 //! preStop, from t0 (all hooks start together; the capture is SIGTERMed only after the app has
-//! exited): upload every complete `.pcap` while waiting, newest first by default, then, once
-//! the capture is final, list once more and upload what it finished last. If the capture is
-//! still running when only the time to upload its last file is left, stop waiting and say so.
+//! exited): upload every complete `.pcap` while waiting, newest first by default, one file at a
+//! time, listing the directory again after each file so that a file the capture finished in
+//! the meantime (its final file above all) goes before the older backlog. While the capture
+//! still runs, the backlog may use the budget only up to `deadline - reserve` (the reserve is
+//! the estimated upload time of the file being written, see [`retry::wait_reserve`]), and one
+//! file gets at most a share of the budget per turn when others wait, so a file the receiver
+//! keeps refusing cannot hold the run while the final file waits. If the capture is still
+//! running when only the reserve is left, stop waiting and say so.
+//!
+//! t0 is the start of the first preStop hook of this termination, kept on the volume in
+//! `<prefix>.prestop-start`: a hook re-run by the kubelet (at-least-once) counts its deadline
+//! from there, not from its own start.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +26,8 @@ use super::engine::{Engine, FileResult, FileStatus};
 use super::report::{self, Report};
 use super::retry;
 use super::state::{self, Candidate, Listing};
-use crate::capture::files;
+use crate::capture::files::{self, Layout};
+use crate::exit;
 
 /// How often the preStop path looks at the capture while waiting for it to finalize.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -26,12 +36,68 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 const LOCK_WAIT: Duration = Duration::from_millis(200);
 /// Upload rate assumed before one file has been measured (conservative for a Pod's network).
 const DEFAULT_RATE: f64 = 10.0 * 1024.0 * 1024.0;
+/// The least time one file gets per turn when other files wait (see [`file_share`]).
+const SHARE_MIN: Duration = Duration::from_secs(2);
+/// A file whose upload failed this fast without a single attempt (it cannot be opened or read)
+/// is not tried again in this run: trying again at once would only spin.
+const FAST_FAILURE: Duration = Duration::from_secs(1);
 
 fn order(c: &mut [Candidate], o: Order) {
     match o {
         Order::OldestFirst => c.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.name.cmp(&b.name))),
         Order::NewestFirst => c.sort_by(|a, b| b.seq.cmp(&a.seq).then(b.name.cmp(&a.name))),
     }
+}
+
+/// The time one file may take per turn while other files wait: a quarter of the budget (at
+/// least [`SHARE_MIN`]), or twice its estimated upload time when that is longer, so a large
+/// file that is making progress is not cut off, while one the receiver keeps refusing gives
+/// way after its share and comes back later.
+pub fn file_share(budget: Duration, size: u64, rate: f64) -> Duration {
+    let est = if rate > 0.0 {
+        Duration::from_secs_f64((size as f64 / rate).min(1e6))
+    } else {
+        Duration::ZERO
+    };
+    (budget / 4).max(SHARE_MIN).max(est * 2 + SHARE_MIN)
+}
+
+/// `<prefix>.prestop-start`: the wall-clock start (Unix milliseconds) of the first preStop
+/// hook of this termination.
+pub fn prestop_start_path(layout: &Layout) -> std::path::PathBuf {
+    layout.dir.join(format!("{}.prestop-start", layout.prefix))
+}
+
+/// When this preStop run's budget starts: the start recorded on the volume by an earlier hook
+/// of this termination when it is less than a grace period old (a re-run hook, or the exec
+/// and HTTP hooks both configured), else now, which is then recorded for later runs.
+/// Blocking (file I/O).
+pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
+    let (now, now_wall) = (Instant::now(), SystemTime::now());
+    let path = prestop_start_path(layout);
+    let earlier = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    if let Some(then) = earlier {
+        if let Ok(age) = now_wall.duration_since(then) {
+            if let (true, Some(start)) = (age < grace, now.checked_sub(age)) {
+                tracing::info!(
+                    started_ms_ago = age.as_millis() as u64,
+                    "An earlier preStop hook of this termination started before this one: the deadline counts from its start."
+                );
+                return (start, then);
+            }
+        }
+    }
+    let ms = now_wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    if let Err(e) = report::write_atomic(&path, format!("{ms}\n").as_bytes()) {
+        tracing::warn!(file = %path.display(), error = %e, "Cannot record the preStop start: a re-run hook would count its deadline from its own start.");
+    }
+    (now, now_wall)
 }
 
 async fn list(engine: &Engine) -> Result<Listing, String> {
@@ -48,6 +114,7 @@ async fn list(engine: &Engine) -> Result<Listing, String> {
 
 /// The state of one preStop run, kept outside its future so that a backstop timeout still
 /// leaves the results to report.
+#[derive(Default)]
 struct Run {
     results: Vec<FileResult>,
     index: HashMap<String, usize>,
@@ -58,6 +125,23 @@ struct Run {
     live_parts: Vec<(String, u64)>,
     bytes: u64,
     secs: f64,
+    /// The complete files of the last successful listing: what is reported as not attempted
+    /// when the run ends early.
+    last_ready: Vec<Candidate>,
+    /// Names in the first listing; files listed later were finished during the run.
+    first_seen: Option<HashSet<String>>,
+    /// Upload calls per file that ended without an answer in this run.
+    tries: HashMap<String, u32>,
+    /// Files found locked by another uploader since the last upload that did something.
+    busy_round: HashSet<String>,
+    /// Files that failed at once without an attempt: not tried again in this run.
+    given_up: HashSet<String>,
+    /// Dead `.part` files that could not be repaired.
+    unrepairable: HashSet<String>,
+    /// The file being uploaded, for the report if the backstop fires.
+    in_flight: Option<Candidate>,
+    /// The directory could not be listed: the run could not see what to upload.
+    listing_failed: bool,
 }
 
 impl Run {
@@ -110,6 +194,69 @@ impl Run {
         });
     }
 
+    /// Which file goes next: never-busy before busy, fewer failed turns first, files the
+    /// capture finished during the run before the backlog, then `--order`.
+    fn sort_pending(&self, pending: &mut [Candidate], o: Order) {
+        order(pending, o);
+        let first = self.first_seen.as_ref();
+        pending.sort_by_key(|c| {
+            (
+                self.busy_round.contains(&c.name),
+                self.tries.get(&c.name).copied().unwrap_or(0),
+                first.is_some_and(|f| f.contains(&c.name)),
+            )
+        });
+    }
+
+    fn take_listing(&mut self, listing: Listing) -> (Vec<Candidate>, bool) {
+        self.capture = listing.state.describe();
+        self.live_parts = listing.live_parts;
+        let is_final = listing.state.is_final();
+        for (name, size, why) in listing.unrepairable {
+            self.unrepairable.insert(name.clone());
+            self.put(FileResult {
+                name,
+                bytes: size,
+                sha256: None,
+                status: FileStatus::Failed,
+                attempts: 0,
+                http_status: None,
+                error: Some(format!(
+                    "left by a capture that died and cannot be repaired: {why}"
+                )),
+                repaired: None,
+                duration_ms: 0,
+                busy: false,
+            });
+        }
+        // A file we found locked by another uploader and that has since disappeared was
+        // deleted by the capture's ring bound.
+        let listed: HashSet<&str> = listing.ready.iter().map(|c| c.name.as_str()).collect();
+        let mut vanished = Vec::new();
+        for r in self.results.iter_mut() {
+            if r.busy && !listed.contains(r.name.as_str()) {
+                r.busy = false;
+                r.status = FileStatus::Deleted;
+                r.error = Some(
+                    "the file was deleted (capture ring bound) before it could be uploaded".into(),
+                );
+                vanished.push(r.name.clone());
+            }
+        }
+        self.settled.extend(vanished);
+        if self.first_seen.is_none() {
+            self.first_seen = Some(listing.ready.iter().map(|c| c.name.clone()).collect());
+        }
+        let pending = listing
+            .ready
+            .iter()
+            .filter(|c| !self.settled.contains(&c.name) && !self.given_up.contains(&c.name))
+            .cloned()
+            .collect();
+        self.last_ready = listing.ready;
+        (pending, is_final)
+    }
+
     async fn go(
         &mut self,
         engine: &Engine,
@@ -118,6 +265,7 @@ impl Run {
         cancel: &CancellationToken,
     ) {
         let o = engine.config().order;
+        // Set once a listing has seen the capture final: every listing after it is complete.
         let mut seen_final = false;
         let mut said_waiting = false;
         loop {
@@ -125,86 +273,84 @@ impl Run {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot read the capture directory.");
+                    self.listing_failed = true;
                     self.reason = e;
                     return;
                 }
             };
-            self.capture = listing.state.describe();
-            self.live_parts = listing.live_parts.clone();
-            let is_final = listing.state.is_final();
-            // A file we found locked by another uploader and that has since disappeared was
-            // deleted by the capture's ring bound.
-            let listed: HashSet<&str> = listing.ready.iter().map(|c| c.name.as_str()).collect();
-            let mut vanished = Vec::new();
-            for r in self.results.iter_mut() {
-                if r.busy && !listed.contains(r.name.as_str()) {
-                    r.busy = false;
-                    r.status = FileStatus::Deleted;
-                    r.error = Some(
-                        "the file was deleted (capture ring bound) before it could be uploaded"
-                            .into(),
-                    );
-                    vanished.push(r.name.clone());
-                }
-            }
-            self.settled.extend(vanished);
-            let mut pending: Vec<Candidate> = listing
-                .ready
-                .into_iter()
-                .filter(|c| !self.settled.contains(&c.name))
-                .collect();
-            order(&mut pending, o);
-            let mut had_busy = false;
-            for (i, c) in pending.iter().enumerate() {
-                let out_of_time =
-                    deadline.saturating_duration_since(Instant::now()) < retry::MIN_ATTEMPT;
-                if out_of_time || cancel.is_cancelled() {
-                    let why = if cancel.is_cancelled() {
-                        "stopped before it was tried"
-                    } else {
-                        "deadline reached before it was tried"
-                    };
-                    for rest in &pending[i..] {
-                        self.not_attempted(rest, why);
-                    }
-                    break;
-                }
-                // A file another uploader holds is looked at again on a later pass instead
-                // of blocking the others.
-                let lock_until = Instant::now() + LOCK_WAIT;
-                let r = engine.upload(c, deadline, lock_until, cancel).await;
-                had_busy |= r.busy;
-                self.put(r);
-            }
+            let (mut pending, is_final) = self.take_listing(listing);
             if cancel.is_cancelled() {
                 self.reason = "stopped by a signal before everything was uploaded".into();
                 return;
             }
-            if deadline.saturating_duration_since(Instant::now()) < retry::MIN_ATTEMPT {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < retry::MIN_ATTEMPT {
                 self.reason = "deadline reached".into();
                 return;
             }
-            if is_final {
-                if seen_final && !had_busy {
-                    self.reason = format!("capture {}; every file handled", self.capture);
-                    return;
-                }
-                // Files finished between our listing and the state check: list once more
-                // (and give files another uploader holds another chance).
-                seen_final = true;
-                if had_busy {
+            let reserve = if is_final {
+                Duration::ZERO
+            } else {
+                let pending_bytes: u64 = self.live_parts.iter().map(|(_, s)| s).sum();
+                retry::wait_reserve(pending_bytes, self.rate(), budget)
+            };
+            let usable = remaining.saturating_sub(reserve);
+            if !pending.is_empty() && usable >= retry::MIN_ATTEMPT {
+                self.sort_pending(&mut pending, o);
+                if pending.iter().all(|c| self.busy_round.contains(&c.name)) {
+                    // Every file left is being sent by another uploader: look again shortly.
+                    self.busy_round.clear();
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = tokio::time::sleep(WAIT_POLL) => {}
                     }
+                    continue;
                 }
+                let c = pending[0].clone();
+                let now = Instant::now();
+                let mut file_deadline = now + usable;
+                // Others wait: the final file to come, or other files.
+                if !is_final || pending.len() > 1 {
+                    file_deadline =
+                        file_deadline.min(now + file_share(budget, c.size, self.rate()));
+                }
+                self.in_flight = Some(c.clone());
+                let r = engine
+                    .upload(&c, file_deadline, now + LOCK_WAIT, cancel)
+                    .await;
+                self.in_flight = None;
+                if r.busy {
+                    self.busy_round.insert(r.name.clone());
+                } else {
+                    self.busy_round.clear();
+                    if matches!(r.status, FileStatus::Failed | FileStatus::NotAttempted) {
+                        *self.tries.entry(r.name.clone()).or_default() += 1;
+                        if r.attempts == 0
+                            && !cancel.is_cancelled()
+                            && now.elapsed() < FAST_FAILURE
+                            && Instant::now() + FAST_FAILURE < file_deadline
+                        {
+                            self.given_up.insert(r.name.clone());
+                        }
+                    }
+                }
+                self.put(r);
+                if is_final {
+                    seen_final = true;
+                }
+                continue;
+            }
+            if is_final {
+                if seen_final && pending.is_empty() {
+                    self.reason = format!("capture {}; every file handled", self.capture);
+                    return;
+                }
+                // Files finished between our listing and the state check: list once more.
+                seen_final = true;
                 continue;
             }
             // The capture is still writing. Wait for it, unless only the time to upload its
             // last file is left.
-            let pending_bytes: u64 = self.live_parts.iter().map(|(_, s)| s).sum();
-            let reserve = retry::wait_reserve(pending_bytes, self.rate(), budget);
-            let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining <= reserve {
                 tracing::warn!(
                     live_files = ?self.live_parts.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -228,10 +374,62 @@ impl Run {
             }
         }
     }
+
+    /// After the run, however it ended: every file it knew of gets an entry.
+    fn settle_the_rest(&mut self, cancelled: bool) {
+        if let Some(c) = self.in_flight.take() {
+            if !self.settled.contains(&c.name) {
+                let prev = self.index.get(&c.name).map(|&i| self.results[i].clone());
+                let attempts = prev.as_ref().map_or(0, |p| p.attempts);
+                let last = prev.and_then(|p| p.error);
+                self.put(FileResult {
+                    name: c.name.clone(),
+                    bytes: c.size,
+                    sha256: None,
+                    status: FileStatus::Failed,
+                    attempts,
+                    http_status: None,
+                    error: Some(match last {
+                        Some(l) => format!("deadline reached during the upload; earlier: {l}"),
+                        None => "deadline reached during the upload".into(),
+                    }),
+                    repaired: c.repaired.clone(),
+                    duration_ms: 0,
+                    busy: false,
+                });
+            }
+        }
+        let why = if self.listing_failed {
+            "not attempted: the capture directory could not be listed"
+        } else if cancelled {
+            "stopped before it was tried"
+        } else {
+            "deadline reached before it was tried"
+        };
+        for c in std::mem::take(&mut self.last_ready) {
+            self.not_attempted(&c, why);
+        }
+        for (name, size) in self.live_parts.clone() {
+            if !self.index.contains_key(&name) {
+                self.put(FileResult {
+                    name,
+                    bytes: size,
+                    sha256: None,
+                    status: FileStatus::NotAttempted,
+                    attempts: 0,
+                    http_status: None,
+                    error: Some("still being written by the capture".into()),
+                    repaired: None,
+                    duration_ms: 0,
+                    busy: false,
+                });
+            }
+        }
+    }
 }
 
 /// One preStop upload: waits for the capture to be final, uploads everything, reports.
-/// `start` is when the hook started (t0 as far as we can know it).
+/// `start` is when the hook started (t0 as far as we can know it, see [`hook_start`]).
 pub async fn prestop(
     engine: &Engine,
     start: Instant,
@@ -252,17 +450,12 @@ pub async fn prestop(
         url = %cfg.url_display,
         grace_period_ms = cfg.grace.as_millis() as u64,
         budget_ms = budget.as_millis() as u64,
+        remaining_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
         "preStop upload started."
     );
     let mut run = Run {
-        results: Vec::new(),
-        index: HashMap::new(),
-        settled: HashSet::new(),
         capture: "unknown".into(),
-        reason: String::new(),
-        live_parts: Vec::new(),
-        bytes: 0,
-        secs: 0.0,
+        ..Default::default()
     };
     // Backstop: every step is bounded by the deadline already; this makes sure of it.
     let backstop = tokio::time::Instant::from_std(deadline + Duration::from_millis(200));
@@ -272,25 +465,21 @@ pub async fn prestop(
     {
         run.reason = "deadline reached".into();
     }
-    for (name, size) in run.live_parts.clone() {
-        if !run.index.contains_key(&name) {
-            run.put(FileResult {
-                name,
-                bytes: size,
-                sha256: None,
-                status: FileStatus::NotAttempted,
-                attempts: 0,
-                http_status: None,
-                error: Some("still being written by the capture".into()),
-                repaired: None,
-                duration_ms: 0,
-                busy: false,
-            });
-        }
-    }
+    run.settle_the_rest(cancel.is_cancelled());
     let totals = report::totals(&run.results);
-    let exit_code = report::exit_code(&totals);
-    let deadline_reached = totals.left > totals.rejected && !cancel.is_cancelled();
+    let exit_code = if run.listing_failed {
+        exit::RUNTIME
+    } else {
+        report::exit_code(&totals)
+    };
+    let unrepairable_left = run
+        .results
+        .iter()
+        .filter(|r| run.unrepairable.contains(&r.name) && !r.status.is_done())
+        .count();
+    let deadline_reached = !run.listing_failed
+        && totals.left.saturating_sub(unrepairable_left) > totals.rejected
+        && !cancel.is_cancelled();
     if run.reason.is_empty() {
         run.reason = "done".into();
     }
@@ -370,10 +559,11 @@ pub async fn continuous(
             if cancel.is_cancelled() || pause.active() {
                 break;
             }
-            let token = pause.file_token(&cancel);
             let now = Instant::now();
-            // Another uploader holds it: skip it, the next poll looks again.
-            let r = engine.upload(&c, now + file_timeout, now, &token).await;
+            // Another uploader holds it: skip it, the next poll looks again. A preStop run
+            // starting meanwhile does not cancel this file: it moves past it (locked) and
+            // comes back once it is done.
+            let r = engine.upload(&c, now + file_timeout, now, &cancel).await;
             if matches!(
                 r.status,
                 FileStatus::Uploaded | FileStatus::AlreadyUploaded | FileStatus::Rejected

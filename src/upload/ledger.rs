@@ -141,7 +141,12 @@ impl FileLock {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> io::Result<LockOutcome> {
         loop {
-            match Self::try_lock(path) {
+            // open(2) on a hung volume blocks: not on the runtime thread.
+            let p = path.to_path_buf();
+            let tried = tokio::task::spawn_blocking(move || Self::try_lock(&p))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match tried {
                 Ok(Some(l)) => return Ok(LockOutcome::Locked(l)),
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockOutcome::Gone),

@@ -2,10 +2,13 @@
 //! runs as an exec hook, the same lines also to `/proc/1/fd/1`, the container's main process'
 //! stdout. kubelet discards a hook's own output, so without this a preStop upload leaves no
 //! trace in `kubectl logs`.
+//!
+//! PID 1's stdout is opened non-blocking (a new open file description, so PID 1's own stays
+//! as it is): when that pipe is full, the line is dropped there instead of stalling the hook.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -23,7 +26,11 @@ pub fn pid1_stdout(mode: LogToPid1) -> Option<File> {
     if mode == LogToPid1::Never || (mode == LogToPid1::Auto && std::process::id() == 1) {
         return None;
     }
-    let f = OpenOptions::new().append(true).open(PID1_STDOUT).ok()?;
+    let f = OpenOptions::new()
+        .append(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(PID1_STDOUT)
+        .ok()?;
     let same_as_stderr = match (f.metadata(), std::fs::metadata("/proc/self/fd/2")) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
@@ -48,7 +55,8 @@ impl Write for TeeWriter {
         // tracing-subscriber formats a whole event and writes it in one call, so each line
         // reaches PID 1's stdout in one write(2) and does not interleave with its own output.
         if let Some(f) = &self.pid1 {
-            // A closed or full pipe there must never fail the upload.
+            // A closed or full pipe there must never fail or stall the upload: on EAGAIN
+            // the line is dropped (a line under PIPE_BUF is written whole or not at all).
             let _ = (&**f).write_all(buf);
         }
         io::stderr().write_all(buf)?;

@@ -6,7 +6,13 @@
 //! out of all of it.
 //!
 //! Files on the volume written by the uploader: `<prefix>.upload-ledger.jsonl` (what was
-//! accepted) and `<prefix>.upload-report.json` (the last preStop run).
+//! accepted), `<prefix>.upload-report.json` (the last preStop run) and
+//! `<prefix>.prestop-start` (when the first preStop hook of this termination started).
+//!
+//! `sidecap upload` also arms a watchdog thread: every step is bounded by the deadline, but a
+//! blocking call on a hung volume (a lock open, a ledger fsync, the report) is not
+//! cancellable, so at `deadline + min(margin / 2, 1 s)` the watchdog ends the process (exit 5,
+//! or the exit code already decided) whatever the runtime is doing.
 
 pub mod args;
 pub mod config;
@@ -19,9 +25,10 @@ pub mod report;
 pub mod retry;
 pub mod state;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -107,13 +114,91 @@ fn engine(cfg: Arc<UploadConfig>, metrics: Arc<UploadMetrics>) -> Result<Engine,
     Engine::new(cfg, metrics).map_err(|e| UploadError::Config(e.to_string()))
 }
 
+/// Exit code not decided yet (the watchdog then exits with [`exit::DEADLINE`]).
+const UNDECIDED: u8 = u8::MAX;
+
+/// Ends the process at a hard deadline, from its own thread, whatever the rest is blocked on.
+struct Watchdog {
+    fire_at: Arc<Mutex<Instant>>,
+    code: Arc<AtomicU8>,
+}
+
+impl Watchdog {
+    fn arm(at: Instant) -> Watchdog {
+        let w = Watchdog {
+            fire_at: Arc::new(Mutex::new(at)),
+            code: Arc::new(AtomicU8::new(UNDECIDED)),
+        };
+        let (fire_at, code) = (w.fire_at.clone(), w.code.clone());
+        let spawned = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || loop {
+                let at = fire_at
+                    .lock()
+                    .map(|g| *g)
+                    .unwrap_or_else(|e| *e.into_inner());
+                let now = Instant::now();
+                if now >= at {
+                    watchdog_exit(code.load(Ordering::SeqCst));
+                }
+                std::thread::sleep((at - now).min(Duration::from_millis(100)));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "Cannot start the deadline watchdog.");
+        }
+        w
+    }
+
+    /// Moves the firing time earlier (never later).
+    fn not_after(&self, at: Instant) {
+        if let Ok(mut g) = self.fire_at.lock() {
+            *g = (*g).min(at);
+        }
+    }
+
+    fn decided(&self, code: u8) {
+        self.code.store(code, Ordering::SeqCst);
+    }
+}
+
+fn watchdog_exit(code: u8) -> ! {
+    let code = if code == UNDECIDED {
+        exit::DEADLINE
+    } else {
+        code
+    };
+    // Written from another thread: a stderr that blocks (a full pipe, a writer holding its
+    // lock) must not keep the process alive.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("watchdog-log".into())
+        .spawn(move || {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sidecap: deadline reached; watchdog exit (code {code}): a blocking step did not return in time"
+            );
+            let _ = tx.send(());
+        });
+    let _ = rx.recv_timeout(Duration::from_millis(100));
+    std::process::exit(code as i32)
+}
+
+/// When the watchdog ends `sidecap upload`: a little after the deadline, inside the margin.
+fn watchdog_at(start: Instant, cfg: &UploadConfig) -> Instant {
+    start + cfg.budget() + (cfg.margin / 2).min(Duration::from_secs(1))
+}
+
 /// `sidecap upload`: the preStop path (exec hook).
 pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), UploadError> {
-    // The hook started a moment ago; the budget counts from here.
-    let (start, start_wall) = (Instant::now(), SystemTime::now());
+    // The hook started a moment ago; the budget counts from here (or from an earlier hook of
+    // this termination, see hooks::hook_start).
+    let started = Instant::now();
     let cfg = Arc::new(config::from_opts(&args.opts, true)?);
     install_panic_redaction(cfg.redactor.clone());
+    let watchdog = Watchdog::arm(watchdog_at(started, &cfg));
     check_dir(&cfg)?;
+    let (start, start_wall) = hooks::hook_start(&cfg.layout, cfg.grace);
+    watchdog.not_after(watchdog_at(start, &cfg));
     let rt = runtime()?;
     let engine = {
         let _guard = rt.enter();
@@ -126,6 +211,7 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
         "exec",
         &shutdown.token(),
     ));
+    watchdog.decided(report.exit_code);
     report.publish(&cfg.layout);
     // Blocking work (a digest pass, a DNS lookup) may still run: do not wait for it.
     rt.shutdown_background();
@@ -137,6 +223,7 @@ fn result_of(report: &report::Report) -> Result<(), UploadError> {
     let files = report.not_uploaded.join(", ");
     match report.exit_code {
         exit::OK => Ok(()),
+        exit::RUNTIME => Err(UploadError::Runtime(report.reason.clone())),
         exit::REJECTED => Err(UploadError::Rejected {
             rejected: t.rejected,
             left: t.left,
@@ -150,11 +237,12 @@ fn result_of(report: &report::Report) -> Result<(), UploadError> {
 }
 
 /// Lets a preStop upload in this process take precedence over `--continuous`: while one runs,
-/// the continuous loop stands aside and its in-flight file is handed over.
+/// the continuous loop starts no new file. The file it is sending is not cancelled: the
+/// preStop run finds it locked, moves past it and comes back once it is done (the ledger then
+/// says it was uploaded).
 #[derive(Default)]
 pub struct Pause {
     active: AtomicUsize,
-    current: Mutex<CancellationToken>,
 }
 
 impl Pause {
@@ -162,29 +250,18 @@ impl Pause {
         self.active.load(Ordering::SeqCst) > 0
     }
 
-    /// A token for one continuous upload, cancelled by `parent` or by a preStop starting.
-    pub fn file_token(&self, parent: &CancellationToken) -> CancellationToken {
-        let t = parent.child_token();
-        if let Ok(mut c) = self.current.lock() {
-            *c = t.clone();
-        }
-        if self.active() {
-            t.cancel();
-        }
-        t
-    }
-
     fn begin(&self) {
         self.active.fetch_add(1, Ordering::SeqCst);
-        if let Ok(c) = self.current.lock() {
-            c.cancel();
-        }
     }
 
     fn end(&self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// The preStop run `GET /prestop` started, if one is running: a second call (a re-run hook, a
+/// retry) joins it and gets its answer instead of starting another run.
+type Running = Arc<Mutex<Option<tokio::sync::watch::Receiver<Option<(StatusCode, String)>>>>>;
 
 /// `sidecap uploader`: the long-running sidecar.
 pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(), UploadError> {
@@ -216,19 +293,28 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     if let Some(listener) = listener {
         let handle = rt.handle().clone();
         let (engine, pause, token) = (engine.clone(), pause.clone(), token.clone());
+        let running: Running = Arc::default();
         let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
-            let (engine, pause, token, handle) =
-                (engine.clone(), pause.clone(), token.clone(), handle.clone());
+            let (engine, pause, token, handle, running) = (
+                engine.clone(),
+                pause.clone(),
+                token.clone(),
+                handle.clone(),
+                running.clone(),
+            );
             Box::pin(async move {
                 if path == "/prestop" && (method == Method::GET || method == Method::POST) {
-                    // Runs on the uploader's runtime (where the HTTP client lives); the admin
-                    // thread only waits for it.
-                    let job = handle.spawn(http_prestop(engine, pause, token));
-                    return match job.await {
-                        Ok(r) => r,
-                        Err(e) => admin::Reply::text(
+                    let mut rx = join_or_start_prestop(&running, &handle, engine, pause, token);
+                    let answer = rx
+                        .wait_for(|a| a.is_some())
+                        .await
+                        .ok()
+                        .and_then(|a| a.clone());
+                    return match answer {
+                        Some((status, body)) => admin::Reply::text(status, body),
+                        None => admin::Reply::text(
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("preStop upload failed: {e}\n"),
+                            "preStop upload failed: it ended without an answer\n",
                         ),
                     };
                 }
@@ -266,22 +352,82 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     Ok(())
 }
 
+/// The answer of the running preStop run, starting one if none runs. The run itself runs on
+/// the uploader's runtime (where the HTTP client lives); the admin thread only waits for it.
+fn join_or_start_prestop(
+    running: &Running,
+    handle: &tokio::runtime::Handle,
+    engine: Arc<Engine>,
+    pause: Arc<Pause>,
+    token: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<(StatusCode, String)>> {
+    let mut slot = match running.lock() {
+        Ok(g) => g,
+        Err(e) => e.into_inner(),
+    };
+    if let Some(rx) = slot.as_ref() {
+        tracing::info!("A preStop upload is already running: this call waits for its result.");
+        return rx.clone();
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    *slot = Some(rx.clone());
+    let running = running.clone();
+    handle.spawn(async move {
+        let answer = match tokio::spawn(http_prestop(engine, pause, token)).await {
+            Ok(r) => (r.status, r.body),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("preStop upload failed: {e}\n"),
+            ),
+        };
+        // Cleared first: a call after this point starts a new run.
+        if let Ok(mut g) = running.lock() {
+            *g = None;
+        }
+        let _ = tx.send(Some(answer));
+    });
+    rx
+}
+
 async fn http_prestop(
     engine: Arc<Engine>,
     pause: Arc<Pause>,
     token: CancellationToken,
 ) -> admin::Reply {
-    let (start, start_wall) = (Instant::now(), SystemTime::now());
+    let now = Instant::now();
     if engine.config().url.is_none() {
         return admin::Reply::text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no --url configured: nothing can be uploaded\n",
         );
     }
+    let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
+    let (start, start_wall) =
+        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, grace)).await {
+            Ok(s) => s,
+            Err(_) => (now, std::time::SystemTime::now()),
+        };
     pause.begin();
     let report = hooks::prestop(&engine, start, start_wall, "http", &token).await;
     pause.end();
-    report.publish(&engine.config().layout);
+    // The report file is written with an fsync: not on the runtime thread.
+    let report = {
+        let layout = engine.config().layout.clone();
+        tokio::task::spawn_blocking(move || {
+            report.publish(&layout);
+            report
+        })
+        .await
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return admin::Reply::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("preStop upload failed: {e}\n"),
+            )
+        }
+    };
     let t = &report.totals;
     let body = format!(
         "uploaded={} already_uploaded={} failed={} left={} deadline_reached={} exit_code={}\n{}\n",

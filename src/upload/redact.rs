@@ -88,9 +88,17 @@ pub fn url_for_display(raw: &str) -> String {
 
 /// Scrubs registered secret values out of free text. Cheap to clone.
 /// Clones share the list, so a secret learned later (a rotated token) is scrubbed everywhere.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Redactor {
     secrets: Arc<RwLock<Vec<String>>>,
+}
+
+/// Shows how many secrets are registered, never the secrets.
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.secrets.read().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("Redactor").field("secrets", &n).finish()
+    }
 }
 
 impl Redactor {

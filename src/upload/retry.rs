@@ -100,6 +100,45 @@ pub fn next_sleep(
     Some(wanted)
 }
 
+/// The lowest upload rate an attempt is given time for: a body that needs longer at this rate
+/// may use everything that is left; a smaller one gets at most half of it (or what it needs),
+/// so one stalled attempt leaves room for a retry.
+pub const MIN_RATE: f64 = 1024.0 * 1024.0;
+/// Added to `body / MIN_RATE` for connecting, TLS and the receiver's processing.
+pub const ATTEMPT_ALLOWANCE: Duration = Duration::from_secs(5);
+/// The longest an attempt waits without the receiver taking any body bytes.
+pub const STALL_MAX: Duration = Duration::from_secs(5);
+/// The longest an attempt waits for the response head after the whole body went out.
+pub const RESPONSE_MAX: Duration = Duration::from_secs(10);
+/// Patience never goes below this, so a receiver gets a chance even near the deadline.
+pub const PATIENCE_MIN: Duration = Duration::from_secs(1);
+
+/// The bounds of one attempt (see [`attempt_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// The whole attempt: connect, send, response and its body.
+    pub total: Duration,
+    /// No body bytes taken by the receiver for this long: abandon the attempt.
+    pub stall: Duration,
+    /// No response head this long after the whole body was sent: abandon the attempt.
+    pub response: Duration,
+}
+
+/// `total = min(remaining, max(remaining / 2, body_len / MIN_RATE + ATTEMPT_ALLOWANCE))`;
+/// patience = remaining / 3 between [`PATIENCE_MIN`] and [`RESPONSE_MAX`] (the stall limit also
+/// at most [`STALL_MAX`]): a receiver that stops reading or never answers costs one bounded
+/// attempt, not the budget.
+pub fn attempt_limits(remaining: Duration, body_len: u64) -> AttemptLimits {
+    let need = Duration::from_secs_f64((body_len as f64 / MIN_RATE).min(1e6)) + ATTEMPT_ALLOWANCE;
+    let total = remaining.min((remaining / 2).max(need));
+    let patience = (remaining / 3).clamp(PATIENCE_MIN, RESPONSE_MAX);
+    AttemptLimits {
+        total,
+        stall: patience.min(STALL_MAX),
+        response: patience,
+    }
+}
+
 /// The preStop deadline: start + grace - margin (None when the margin eats the grace).
 pub fn deadline(start: Instant, grace: Duration, margin: Duration) -> Option<Instant> {
     grace.checked_sub(margin).map(|b| start + b)
@@ -227,6 +266,33 @@ mod tests {
             next_sleep(ms(200), Some(ms(60_000)), ms(10_000)),
             Some(ms(200))
         );
+    }
+
+    #[test]
+    fn one_attempt_never_takes_the_whole_budget_when_a_retry_fits() {
+        let s = Duration::from_secs;
+        // Small body, big budget: half of it at most, patience capped.
+        let l = attempt_limits(s(28), 100_000);
+        assert_eq!(l.total, s(14));
+        assert_eq!((l.stall, l.response), (STALL_MAX, s(28) / 3));
+        // A body that needs longer than half at MIN_RATE may use what it needs.
+        let l = attempt_limits(s(28), 15 << 20);
+        assert_eq!(l.total, s(20));
+        // ... but never more than what is left.
+        assert_eq!(attempt_limits(s(28), 1 << 40).total, s(28));
+        // A tight budget: everything left, and patience at its floor.
+        let l = attempt_limits(s(3), 1000);
+        assert_eq!(l.total, s(3));
+        assert_eq!((l.stall, l.response), (PATIENCE_MIN, PATIENCE_MIN));
+        // Property: never past the remaining time, patience within its bounds.
+        for ms in [0u64, 10, 999, 3000, 60_000, 3_600_000] {
+            for len in [0u64, 1, 1 << 20, 1 << 30, u64::MAX] {
+                let l = attempt_limits(Duration::from_millis(ms), len);
+                assert!(l.total <= Duration::from_millis(ms));
+                assert!(l.stall >= PATIENCE_MIN && l.stall <= STALL_MAX);
+                assert!(l.response >= PATIENCE_MIN && l.response <= RESPONSE_MAX);
+            }
+        }
     }
 
     #[test]

@@ -14,11 +14,22 @@
 //! capture takes the lock before it creates files, so a `.part` seen before a free lock cannot
 //! belong to a live capture (a capture starting later creates new names with O_EXCL and never
 //! opens old ones). Such a file is repaired like `sidecap repair` does (torn last record cut)
-//! and renamed to `.pcap`, which is the name it is uploaded under.
+//! and renamed to `.pcap`, which is the name it is uploaded under. When the uploader may not
+//! write the file (another user, group read only), the torn tail cannot be cut: the file then
+//! keeps its `.part` name, so every listing (this run's or a later one's) finds it again and
+//! recomputes the valid length; it is uploaded and recorded under the `.pcap` name, sending only
+//! the valid records. A file that cannot be repaired at all is reported as failed.
+//!
+//! While a capture runs, only its newest `.pcap.part` is its own (it writes one file at a time,
+//! and a new file always gets a sequence number above every existing one): an older `.part` was
+//! left by an earlier run that died (possibly one kept in place as above). It is uploaded the
+//! same read-only way, never truncated or renamed, so nothing changes under a running capture.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use crate::capture::files::{self, CaptureFile, DoneMarker, Layout};
 
@@ -97,6 +108,8 @@ pub struct Listing {
     pub state: CaptureState,
     /// `.pcap.part` files a running capture is writing: (name, size).
     pub live_parts: Vec<(String, u64)>,
+    /// Dead `.pcap.part` files that could not be repaired: (name, size, why).
+    pub unrepairable: Vec<(String, u64, String)>,
 }
 
 /// Lists the files that may be uploaded now, and the capture state seen after listing.
@@ -106,6 +119,9 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
     let state = capture_state(layout);
     let mut out = Vec::new();
     let mut live_parts = Vec::new();
+    let mut unrepairable = Vec::new();
+    let newest_part = listed.iter().filter(|f| !f.finished).map(|f| f.seq).max();
+    let running = matches!(state, CaptureState::Running);
     for f in listed {
         if f.finished {
             out.push(Candidate {
@@ -116,13 +132,14 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
                 limit: None,
                 repaired: None,
             });
-        } else if matches!(state, CaptureState::Running) {
+        } else if running && Some(f.seq) == newest_part {
             live_parts.push((f.name, f.size));
         } else {
-            match repair_dead_part(&f) {
+            match repair_dead_part(&f, !running) {
                 Ok(c) => out.push(c),
                 Err(e) => {
-                    tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.")
+                    tracing::warn!(file = %f.name, error = %e, "Cannot repair a file left by a capture that died; it is not uploaded.");
+                    unrepairable.push((f.name, f.size, e));
                 }
             }
         }
@@ -131,44 +148,82 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
         ready: out,
         state,
         live_parts,
+        unrepairable,
     })
 }
 
-fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
+/// Scans of dead `.part` files we could not truncate, by (path, size, mtime): a file left in
+/// place is listed again and again, and scanning it is a full read.
+type ScanKey = (PathBuf, u64, i128);
+/// (packets, valid length, bytes of the torn tail).
+type ScanCache = Mutex<HashMap<ScanKey, (u64, u64, u64)>>;
+fn scan_cache() -> &'static ScanCache {
+    static CACHE: OnceLock<ScanCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// `may_modify`: truncate the torn tail and rename when the file is writable; false while a
+/// capture runs (read in place, as when the file is not writable).
+fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, String> {
     let done_name = f.name.trim_end_matches(".part").to_string();
     let done_path = f.path.with_file_name(&done_name);
+    // A .pcap of that name cannot exist (names are unique per sequence number); never
+    // overwrite one, or upload two files under one name, if it somehow does.
+    if done_path.exists() {
+        return Err(format!("{done_name} already exists next to {}", f.name));
+    }
+    let key = std::fs::metadata(&f.path)
+        .map(|m| (f.path.clone(), m.len(), mtime_ns(&m)))
+        .map_err(|e| e.to_string())?;
+    let cached = scan_cache().lock().ok().and_then(|c| c.get(&key).copied());
     // The uploader may run as another user that can read the capture's files (group) but not
     // write them: then the torn tail stays on disk and only the valid part is uploaded.
-    let (r, limit) = match crate::repair::repair_file(&f.path, false) {
-        Ok(r) => (r, None),
-        Err(crate::repair::RepairError::Truncate(..)) => {
-            let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
-            let valid = r.scan.valid_len;
-            (r, Some(valid))
+    let (packets, valid, removed, limit) = match cached {
+        Some((packets, valid, removed)) => (packets, valid, removed, Some(valid)),
+        None => {
+            let cut = may_modify.then(|| crate::repair::repair_file(&f.path, false));
+            match cut {
+                Some(Ok(r)) => (r.scan.packets, r.scan.valid_len, r.removed, None),
+                Some(Err(crate::repair::RepairError::Truncate(..))) | None => {
+                    let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
+                    let v = (r.scan.packets, r.scan.valid_len, r.removed);
+                    if let Ok(mut c) = scan_cache().lock() {
+                        c.insert(key, v);
+                    }
+                    (v.0, v.1, v.2, Some(v.1))
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+            }
         }
-        Err(e) => return Err(e.to_string()),
     };
-    let what = if r.removed > 0 {
+    let what = if removed > 0 {
         format!(
             "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
             if limit.is_some() {
-                "file not writable, upload stops before"
+                "file left as it is (not writable, or a capture is running), upload stops before"
             } else {
                 "removed"
             },
-            r.removed,
-            r.scan.packets
+            removed,
+            packets
         )
     } else {
-        format!(
-            "left by a capture that died: intact, {} packets",
-            r.scan.packets
-        )
+        format!("left by a capture that died: intact, {packets} packets")
     };
-    // A .pcap of that name cannot exist (names are unique per sequence number); never
-    // overwrite one if it somehow does.
-    if done_path.exists() {
-        return Err(format!("{done_name} already exists next to {}", f.name));
+    if limit.is_some() {
+        // Not renamed: a .pcap name would lose the limit, and a later run would send the torn
+        // tail. The .part is read in place and uploaded under the .pcap name.
+        if cached.is_none() {
+            tracing::info!(file = %done_name, from = %f.name, detail = %what, "A file left by a capture that died cannot be truncated: its valid records are uploaded, the file is left as it is.");
+        }
+        return Ok(Candidate {
+            path: f.path.clone(),
+            name: done_name,
+            seq: f.seq,
+            size: valid,
+            limit,
+            repaired: Some(what),
+        });
     }
     std::fs::rename(&f.path, &done_path).map_err(|e| format!("rename to {done_name}: {e}"))?;
     if let Some(dir) = done_path.parent() {
@@ -179,7 +234,7 @@ fn repair_dead_part(f: &CaptureFile) -> Result<Candidate, String> {
         path: done_path,
         name: done_name,
         seq: f.seq,
-        size: r.scan.valid_len,
+        size: valid,
         limit,
         repaired: Some(what),
     })
@@ -211,6 +266,36 @@ mod tests {
             CaptureState::Final(m) => assert!(m.reason.contains("not readable")),
             s => panic!("{s:?}"),
         }
+    }
+
+    #[test]
+    fn a_running_capture_owns_only_its_newest_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        let mut v = crate::pcapfile::file_header(1, 65535, false).to_vec();
+        crate::pcapfile::push_record(&mut v, 1, 0, 60, 60, &[7; 60]);
+        let valid = v.len() as u64;
+        v.extend_from_slice(&[1, 2, 3]); // a torn last record
+        let old = dir.path().join("capture-20261122T154101Z-000001.pcap.part");
+        std::fs::write(&old, &v).unwrap();
+        let live = dir.path().join("capture-20261122T154102Z-000002.pcap.part");
+        std::fs::write(&live, &v).unwrap();
+        let _lock = files::CaptureLock::acquire(&l).unwrap();
+        let got = candidates(&l).unwrap();
+        assert_eq!(got.state, CaptureState::Running);
+        assert_eq!(
+            got.live_parts,
+            vec![(
+                "capture-20261122T154102Z-000002.pcap.part".to_string(),
+                v.len() as u64
+            )]
+        );
+        assert_eq!(got.ready.len(), 1);
+        let c = &got.ready[0];
+        assert_eq!(c.name, "capture-20261122T154101Z-000001.pcap");
+        assert_eq!((c.path.clone(), c.limit), (old.clone(), Some(valid)));
+        // Read in place: not truncated, not renamed, under a running capture.
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), v.len() as u64);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum Action {
     Close,
     /// Read the request and never answer (until the receiver is dropped, at most 60 s).
     Hang,
+    /// Read the whole request, wait this many milliseconds, answer with this status.
+    Delay(u64, u16),
+    /// Read the head and this many body bytes, then stop reading with the connection open
+    /// (until the receiver is dropped, at most 60 s): a receiver stalled mid-body.
+    StallMidBody(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +60,8 @@ impl Request {
 
 struct Inner {
     script: Mutex<VecDeque<Action>>,
+    /// Requests whose path contains the string always get that status (before the script).
+    path_status: Mutex<Vec<(String, u16)>>,
     requests: Mutex<Vec<Request>>,
     stop: AtomicBool,
 }
@@ -71,6 +78,7 @@ impl Receiver {
         let addr = l.local_addr().unwrap();
         let inner = Arc::new(Inner {
             script: Mutex::new(script.into()),
+            path_status: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -87,6 +95,15 @@ impl Receiver {
             }
         });
         Receiver { addr, inner }
+    }
+
+    /// From now on, every request whose path contains `needle` is answered with `status`.
+    pub fn status_for_path(&self, needle: &str, status: u16) {
+        self.inner
+            .path_status
+            .lock()
+            .unwrap()
+            .push((needle.to_string(), status));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -164,12 +181,21 @@ fn serve(s: TcpStream, inner: &Inner) {
         };
         let content_length: Option<u64> = get("content-length").and_then(|v| v.parse().ok());
         let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-        let action = inner
-            .script
+        let by_path = inner
+            .path_status
             .lock()
             .unwrap()
-            .pop_front()
-            .unwrap_or(Action::Status(200));
+            .iter()
+            .find(|(n, _)| path.contains(n.as_str()))
+            .map(|(_, c)| Action::Status(*c));
+        let action = by_path.unwrap_or_else(|| {
+            inner
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Action::Status(200))
+        });
         let mut req = Request {
             method,
             path,
@@ -187,6 +213,17 @@ fn serve(s: TcpStream, inner: &Inner) {
             let _ = read_exact_patient(&mut r, &mut buf, inner);
             req.len = want;
             inner.requests.lock().unwrap().push(req);
+            return;
+        }
+        if let Action::StallMidBody(n) = action {
+            let mut buf = vec![0u8; n as usize];
+            let _ = read_exact_patient(&mut r, &mut buf, inner);
+            req.len = n;
+            inner.requests.lock().unwrap().push(req);
+            let t0 = Instant::now();
+            while !inner.stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return;
         }
         let ok = if chunked {
@@ -211,7 +248,15 @@ fn serve(s: TcpStream, inner: &Inner) {
                 }
                 return;
             }
-            Action::Status(code) | Action::RetryAfter(code, _) => {
+            Action::Status(code) | Action::RetryAfter(code, _) | Action::Delay(_, code) => {
+                if let Action::Delay(ms, _) = action {
+                    let t0 = Instant::now();
+                    while !inner.stop.load(Ordering::SeqCst)
+                        && t0.elapsed() < Duration::from_millis(ms)
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 let extra = match &action {
                     Action::RetryAfter(_, v) => format!("Retry-After: {v}\r\n"),
                     _ => String::new(),
@@ -227,7 +272,7 @@ fn serve(s: TcpStream, inner: &Inner) {
                     return;
                 }
             }
-            Action::Reset => unreachable!(),
+            Action::Reset | Action::StallMidBody(_) => unreachable!(),
         }
     }
 }

@@ -276,6 +276,34 @@ fn hanging_receiver_exits_5_before_the_deadline() {
     let rep = report(dir.path());
     assert_eq!(rep["deadline_reached"], true);
     assert_eq!(rep["not_uploaded"], serde_json::json!([names[0]]));
+    // The wait for a response is bounded (1 s with this budget), so the hang costs one attempt,
+    // not the budget: about three attempts fit in 3 s (two at least on a loaded machine).
+    let attempts = rep["files"][0]["attempts"].as_u64().unwrap();
+    assert!((2..=3).contains(&attempts), "{attempts} attempts: {rep:#}");
+    assert_eq!(rx.requests().len() as u64, attempts);
+}
+
+#[test]
+fn receiver_stalled_mid_body_costs_one_attempt_not_the_budget() {
+    let (dir, names) = finished_capture(1);
+    // 32 MiB: more than the loopback socket buffers hold, so the stall reaches the sender.
+    write_pcap(&dir.path().join(&names[0]), 500, 65_000);
+    let rx = Receiver::start(vec![Action::StallMidBody(1 << 20)]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"),
+        Duration::from_secs(25),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(took < Duration::from_secs(18), "{took:?}");
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2, "one stalled attempt, one retry");
+    // The stall was noticed after a few seconds without progress, not at the deadline.
+    assert!(reqs[1].at - reqs[0].at < Duration::from_secs(9), "{log}");
+    assert_matches_disk(dir.path(), &rx.accepted()[0]);
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, &names[0]), "uploaded");
+    assert_eq!(rep["files"][0]["attempts"], 2);
+    assert!(log.contains("stopped reading"), "{log}");
 }
 
 #[test]
@@ -325,8 +353,15 @@ fn dns_failure_is_a_clear_error_within_the_deadline() {
 #[test]
 fn deadline_report_lists_exactly_the_files_not_uploaded() {
     let (dir, names) = finished_capture(3);
-    // The first file goes through; the second hangs the receiver; the third never gets a turn.
-    let rx = Receiver::start(vec![Action::Status(200), Action::Hang]);
+    // The first file goes through; the second hangs the receiver (each attempt, as the wait
+    // for a response is bounded); the third never gets a turn.
+    let rx = Receiver::start(vec![
+        Action::Status(200),
+        Action::Hang,
+        Action::Hang,
+        Action::Hang,
+        Action::Hang,
+    ]);
     let mut cmd = upload_cmd(dir.path(), &rx.url("/in"), "4s", "1s");
     cmd.args(["--order", "oldest-first"]);
     let (code, took, log) = run(&mut cmd, Duration::from_secs(10));
@@ -335,7 +370,10 @@ fn deadline_report_lists_exactly_the_files_not_uploaded() {
     let rep = report(dir.path());
     assert_eq!(file_status(&rep, &names[0]), "uploaded");
     assert_eq!(file_status(&rep, &names[1]), "failed");
-    assert_eq!(file_status(&rep, &names[2]), "not_attempted");
+    // The hanging file gets a bounded share while another waits, so the third may get a turn
+    // (and hang too) before the deadline.
+    let third = file_status(&rep, &names[2]);
+    assert!(third == "not_attempted" || third == "failed", "{rep:#}");
     assert_eq!(rep["not_uploaded"], serde_json::json!([names[1], names[2]]));
     assert_eq!(rep["totals"]["left"], 2);
     assert_eq!(rep["deadline_reached"], true);
@@ -916,39 +954,66 @@ fn uploader_as_another_user_reads_through_the_group_and_uploads_a_dead_part_it_c
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2770)).unwrap();
     nix::unistd::chown(&part, None, Some(gid)).unwrap();
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let rx = Receiver::start(vec![]);
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ])
-    .arg(bin())
-    .args(["--log-format", "json", "upload", "--dir"])
-    .arg(dir.path())
-    .args([
-        "--url",
-        &rx.url("/in"),
-        "--grace-period",
-        "10s",
-        "--log-to-pid1",
-        "never",
-    ]);
-    let (code, _, log) = run(&mut cmd, Duration::from_secs(15));
+    let rx = Receiver::start(vec![Action::Status(503); 20]);
+    let as_nobody = |grace: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin())
+        .args(["--log-format", "json", "upload", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            &rx.url("/in"),
+            "--grace-period",
+            grace,
+            "--safety-margin",
+            "1s",
+            "--log-to-pid1",
+            "never",
+        ]);
+        cmd
+    };
+    // The first run only meets 503s: nothing is uploaded.
+    let (code, _, log) = run(&mut as_nobody("3s"), Duration::from_secs(10));
+    assert_eq!(code, 5, "{log}");
+    let first = rx.requests();
+    assert!(!first.is_empty() && rx.accepted().is_empty());
+    assert!(
+        first.iter().all(|r| r.len == full.len() as u64),
+        "only the valid records were sent"
+    );
+    let done = dir.path().join("capture-20261122T154101Z-000001.pcap");
+    assert!(
+        part.exists() && !done.exists(),
+        "not renamed: a .pcap name would lose the valid length"
+    );
+    // A later run (the hook re-run, or the next one) still sends only the valid prefix.
+    rx.status_for_path("/in", 200);
+    let (code, _, log) = run(&mut as_nobody("10s"), Duration::from_secs(15));
     assert_eq!(code, 0, "{log}");
     let got = rx.accepted();
     assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].header("x-sidecap-file"),
+        done.file_name().unwrap().to_str()
+    );
     assert_eq!(
         got[0].len,
         full.len() as u64,
         "only the valid records were sent"
     );
     assert_eq!(got[0].sha256, sha256_hex(&full));
-    let done = dir.path().join("capture-20261122T154101Z-000001.pcap");
-    assert!(done.exists(), "renamed (the directory is writable)");
     assert_eq!(
-        std::fs::metadata(&done).unwrap().len(),
+        got[0].header("x-sidecap-sha256"),
+        first[0].header("x-sidecap-sha256")
+    );
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len(),
         full.len() as u64 + 7,
         "not truncated"
     );
@@ -960,6 +1025,11 @@ fn uploader_as_another_user_reads_through_the_group_and_uploads_a_dead_part_it_c
             .contains("not writable"),
         "{rep:#}"
     );
+    // Recorded under the .pcap name: a third run sends nothing.
+    let (code, _, log) = run(&mut as_nobody("10s"), Duration::from_secs(15));
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(rx.accepted().len(), 1);
+    assert_eq!(report(dir.path())["totals"]["already_uploaded"], 1);
     // The ledger and report the uploader created are its own, group-readable.
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
@@ -1141,4 +1211,255 @@ fn http_prestop_hook_reports_failure_with_500_and_metrics_hold_no_secret() {
     for text in [body, metrics, up.log_text()] {
         assert!(!text.contains("QUERYSECRET999"), "{text}");
     }
+}
+
+#[test]
+fn a_refused_old_file_cannot_starve_the_final_file() {
+    // The capture is still running (it holds the lock) and writing its last file; an older
+    // finished file is refused with 503 on every attempt.
+    let dir = tempdir();
+    let old = "capture-20261122T154101Z-000001.pcap";
+    write_pcap(&dir.path().join(old), 20, 100);
+    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
+    let lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let live = dir.path().join("capture-20261122T154102Z-000002.pcap.part");
+    write_pcap(&live, 30, 100);
+    let rx = Receiver::start(vec![]);
+    rx.status_for_path("000001", 503);
+    let t0 = Instant::now();
+    let mut p = Proc::spawn(&mut upload_cmd(
+        dir.path(),
+        &rx.url("/in/{file}"),
+        "12s",
+        "1s",
+    ));
+    std::thread::sleep(Duration::from_secs(4));
+    // The app is gone: the capture finalizes its last file and exits.
+    let fin = dir.path().join("capture-20261122T154102Z-000002.pcap");
+    std::fs::rename(&live, &fin).unwrap();
+    let marker = sidecap::capture::files::DoneMarker {
+        reason: "signal SIGTERM".into(),
+        clean: true,
+        ..Default::default()
+    };
+    sidecap::capture::files::write_atomic(
+        &dir.path().join("capture.done"),
+        &serde_json::to_vec(&marker).unwrap(),
+    )
+    .unwrap();
+    drop(lock);
+    let finalized = Instant::now();
+    let st = p.wait_timeout(Duration::from_secs(15));
+    let took = t0.elapsed();
+    let log = p.log_text();
+    assert_eq!(st.code(), Some(5), "the old file is left: {log}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    let got = rx.accepted();
+    assert_eq!(
+        names_of(&got),
+        vec![fin.file_name().unwrap().to_str().unwrap()]
+    );
+    // It went out soon after the capture finalized, not in the last moment.
+    assert!(
+        got[0].at - finalized < Duration::from_secs(5),
+        "final file waited {:?} behind the refused one",
+        got[0].at - finalized
+    );
+    assert_matches_disk(dir.path(), &got[0]);
+    let rep = report(dir.path());
+    assert_eq!(
+        file_status(&rep, fin.file_name().unwrap().to_str().unwrap()),
+        "uploaded"
+    );
+    assert_eq!(file_status(&rep, old), "failed");
+    assert_eq!(rep["not_uploaded"], serde_json::json!([old]));
+    // The refused file was tried again after the final file was out.
+    assert!(rx
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("000001") && r.at > got[0].at));
+}
+
+#[test]
+fn an_unreadable_capture_directory_is_a_failure_not_a_success() {
+    require_root();
+    let dir = tempdir();
+    write_pcap(
+        &dir.path().join("capture-20261122T154101Z-000001.pcap"),
+        5,
+        80,
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let rx = Receiver::start(vec![]);
+    let nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--url", &rx.url("/in"), "--grace-period", "5s"]);
+        cmd
+    };
+    // The exec hook: read_dir fails with EACCES.
+    let (code, took, log) = run(
+        &mut nobody(&["upload", "--log-to-pid1", "never"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(log.contains("cannot list"), "{log}");
+    assert!(rx.requests().is_empty());
+    // The HTTP hook answers 500.
+    let mut up = Proc::spawn(&mut nobody(&["uploader", "--listen", "127.0.0.1:0"]));
+    let admin = up.admin_addr();
+    let (status, body) = http_get(&admin, "/prestop").expect("answer");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("exit_code=1"), "{body}");
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+}
+
+#[test]
+fn a_rerun_hook_counts_its_deadline_from_the_first_hooks_start() {
+    let (dir, _) = finished_capture(1);
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "10s", "1s"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, 0, "{log}");
+    let start_file = dir.path().join("capture.prestop-start");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&start_file).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // The first hook of this termination started 8 s ago; the kubelet runs the hook again.
+    let (dir, names) = finished_capture(1);
+    let eight_s_ago = std::time::SystemTime::now() - Duration::from_secs(8);
+    let ms = eight_s_ago
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::fs::write(dir.path().join("capture.prestop-start"), format!("{ms}\n")).unwrap();
+    let rx = Receiver::start(vec![Action::Hang; 10]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "10s", "1s"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, 5, "{log}");
+    // 10 s - 1 s - 8 s: about 1 s was left, not 9.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let rep = report(dir.path());
+    assert_eq!(rep["not_uploaded"], serde_json::json!([names[0]]));
+    // A start older than the grace period belongs to another termination: ignored.
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    let ms = old
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::fs::write(dir.path().join("capture.prestop-start"), format!("{ms}\n")).unwrap();
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "10s", "1s"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn prestop_lets_the_in_flight_continuous_file_finish_and_joins_concurrent_calls() {
+    let (dir, names) = finished_capture(1);
+    // The continuous upload of the file takes 2 s at the receiver.
+    let rx = Receiver::start(vec![Action::Delay(2000, 200)]);
+    let mut up = Proc::spawn(
+        Command::new(bin())
+            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+            .arg(dir.path())
+            .args(["--url", &rx.url("/in"), "--poll-interval", "100ms"])
+            .args(["--listen", "127.0.0.1:0", "--grace-period", "20s"]),
+    );
+    let admin = up.admin_addr();
+    // The continuous loop (polling every 100 ms) is sending the file by now.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(rx.requests().is_empty(), "still in flight at the receiver");
+    // Two preStop calls while the continuous upload is in flight.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let admin = admin.clone();
+            std::thread::spawn(move || http_get(&admin, "/prestop"))
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = calls
+        .into_iter()
+        .map(|c| c.join().unwrap().expect("answer"))
+        .collect();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}\n{}", up.log_text());
+    }
+    assert_eq!(
+        answers[0].1, answers[1].1,
+        "the second call joined the first"
+    );
+    assert!(
+        answers[0].1.contains("already_uploaded=1"),
+        "{}",
+        answers[0].1
+    );
+    // Sent once, by the continuous loop, not cancelled and sent again.
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()]);
+    let (_, metrics) = http_get(&admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sidecap_upload_prestop_runs_total 1"),
+        "{metrics}"
+    );
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+}
+
+#[test]
+fn watchdog_ends_a_hook_blocked_on_its_log_pipe_at_the_deadline() {
+    use std::os::fd::AsRawFd;
+    let (dir, _) = finished_capture(1);
+    let rx = Receiver::start(vec![]);
+    // stderr is a pipe that is already full and never read: the first log line blocks.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let fl = nix::fcntl::OFlag::from_bits_truncate(
+        nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+    );
+    nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(fl | nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    while nix::unistd::write(&w, &[b'x'; 4096]).is_ok() {}
+    nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
+    let t0 = Instant::now();
+    let mut child = upload_cmd(dir.path(), &rx.url("/in"), "3s", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(w))
+        .spawn()
+        .unwrap();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running after 10 s: the watchdog did not fire");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    drop(r);
+    assert_eq!(st.code(), Some(5));
+    // Deadline 2 s, watchdog at 2 s + min(1 s / 2, 1 s); before t0 + grace (3 s).
+    assert!(
+        took >= Duration::from_millis(2300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
