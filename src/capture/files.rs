@@ -106,14 +106,14 @@ impl Layout {
     }
 
     /// Removes temporaries a killed run may have left: `.<prefix>-….tmp` (a file being
-    /// created) and `<prefix>.done.tmp.<pid>` (a marker being written). Only called by the
+    /// created) and `<prefix>.done.tmp.<pid>.<n>` (a marker being written). Only called by the
     /// lock holder.
     pub fn remove_stale_temporaries(&self) {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return;
         };
         let hidden = format!(".{}-", self.prefix);
-        let marker_tmp = format!("{}.tmp.", self.prefix);
+        let marker_tmp = format!("{}.done.tmp.", self.prefix);
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if (name.starts_with(&hidden) && name.ends_with(".tmp"))
@@ -260,20 +260,31 @@ pub struct DoneMarker {
 }
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync the directory.
+/// Writes `data` to `path` atomically: a temporary beside it (unique per call, so concurrent
+/// writers in one process or several never share one), fsync, rename, fsync of the directory.
+/// The temporary is `<file name>.tmp.<pid>.<n>`, removed again if any step fails.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let res = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(FILE_MODE)
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)?;
+    res?;
     sync_dir(dir)
 }
 

@@ -94,7 +94,7 @@ pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    if let Err(e) = report::write_atomic(&path, format!("{ms}\n").as_bytes()) {
+    if let Err(e) = crate::capture::files::write_atomic(&path, format!("{ms}\n").as_bytes()) {
         tracing::warn!(file = %path.display(), error = %e, "Cannot record the preStop start: a re-run hook would count its deadline from its own start.");
     }
     (now, now_wall)

@@ -3,12 +3,6 @@
 //! output, so these two are the only record; neither ever holds a secret (the URL is shown
 //! redacted and every error was scrubbed by the engine).
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde::Serialize;
 
 use super::engine::{FileResult, FileStatus};
@@ -128,40 +122,13 @@ impl Report {
         let path = report_path(layout);
         match serde_json::to_vec_pretty(self) {
             Ok(json) => {
-                if let Err(e) = write_atomic(&path, &json) {
+                if let Err(e) = files::write_atomic(&path, &json) {
                     tracing::warn!(report = %path.display(), error = %e, "Cannot write the upload report.");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Cannot serialize the upload report."),
         }
     }
-}
-
-/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync the directory), with a
-/// temp name unique per call (pid and a counter): two writers in one process (the exec hook and
-/// `/prestop`, or two `/prestop` runs) never share a temp file, so the report is never torn.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp.{}.{n}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(files::FILE_MODE)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res?;
-    files::sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -193,7 +160,7 @@ mod tests {
                 let p = &p;
                 s.spawn(move || {
                     for _ in 0..20 {
-                        write_atomic(p, b).unwrap();
+                        files::write_atomic(p, b).unwrap();
                     }
                 });
             }
