@@ -16,6 +16,8 @@ pub struct GenArgs {
     /// Packets per second; None = as fast as possible.
     pub rate: Option<u64>,
     pub batch: usize,
+    /// Sending threads (each its own socket); the count and rate are split between them.
+    pub threads: usize,
     /// Bind the sink socket in this network namespace (a name under /run/netns).
     pub sink_netns: Option<String>,
     /// Hard bound on the run, whatever the count.
@@ -70,6 +72,27 @@ pub fn run(a: &GenArgs) -> Result<GenResult, String> {
         Some(ns) => with_netns(ns, || sink(a.dst))??,
         None => sink(a.dst)?,
     };
+    let n = a.threads.clamp(1, 64) as u64;
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let mut part = a.clone();
+            part.count = a.count / n + u64::from(i < a.count % n);
+            part.rate = a.rate.map(|r| (r / n).max(1));
+            std::thread::spawn(move || send(&part))
+        })
+        .collect();
+    let mut sent = 0;
+    for h in handles {
+        sent += h.join().map_err(|_| "sender thread panicked")??.sent;
+    }
+    Ok(GenResult {
+        sent,
+        elapsed: t0.elapsed(),
+    })
+}
+
+fn send(a: &GenArgs) -> Result<GenResult, String> {
     let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
     sock.connect(a.dst)
         .map_err(|e| format!("connect {}: {e}", a.dst))?;

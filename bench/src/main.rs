@@ -25,7 +25,7 @@ const USAGE: &str = "usage:
   sidecap-bench run [--reps N] [--tools sidecap,tcpdump,dumpcap] [--only NAME,..] [--quick]
                     [--sidecap PATH] [--out DIR] [--work DIR] [--buffer-mib N] [--snaplen N]
   sidecap-bench ci  [--sidecap PATH] [--out DIR] [--work DIR]
-  sidecap-bench gen --dst IP:PORT --size BYTES --count N [--rate PPS] [--batch N]
+  sidecap-bench gen --dst IP:PORT --size BYTES --count N [--rate PPS] [--batch N] [--threads N]
                     [--sink-netns NAME] [--max-time SECS]
 Run as root (captures, network namespaces, a loop-mounted file system).";
 
@@ -87,6 +87,7 @@ fn cmd_gen(args: &[String]) -> Result<(), String> {
             .transpose()
             .map_err(|_| "--rate: not a number")?,
         batch: num(&m, "batch", 64)?,
+        threads: num(&m, "threads", 1)?,
         sink_netns: m.get("sink-netns").cloned(),
         max_time: Duration::from_secs(num(&m, "max-time", 60)?),
     };
