@@ -131,7 +131,7 @@ pub fn agg_csv(aggs: &[Agg]) -> String {
 }
 
 fn pct(r: f64) -> String {
-    if r >= 0.99995 && r <= 1.0 {
+    if (0.99995..=1.0).contains(&r) {
         "100%".into()
     } else {
         format!("{:.2}%", r * 100.0)
@@ -210,7 +210,8 @@ pub fn plot(aggs: &[Agg], path: &Path) -> Result<(), String> {
         ("tcpdump", RGBColor(0xd6, 0x27, 0x28)),
         ("dumpcap", RGBColor(0x7f, 0x7f, 0x7f)),
     ];
-    let series: Vec<(&str, RGBColor, Vec<(f64, f64, f64)>)> = tools
+    type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64, f64)>);
+    let series: Vec<Series> = tools
         .into_iter()
         .map(|(t, c)| (t, c, pts(t)))
         .filter(|s| !s.2.is_empty())
