@@ -356,13 +356,17 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
 }
 
 fn fs_type(p: &Path) -> String {
-    let t = first_line(&["stat", "-f", "-c", "%T", &p.display().to_string()]);
-    if t.is_empty() {
-        "?".into()
-    } else {
-        format!(
-            "{t} ({}; slow-disk scenario: ext4 on a loop device)",
-            p.display()
-        )
-    }
+    let t = first_line(&[
+        "findmnt",
+        "-n",
+        "-o",
+        "FSTYPE,SOURCE",
+        "-T",
+        &p.display().to_string(),
+    ]);
+    format!(
+        "{} ({}; the slow-disk scenario: ext4 on a loop device)",
+        if t.is_empty() { "?" } else { t.as_str() },
+        p.display()
+    )
 }
