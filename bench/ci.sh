@@ -23,6 +23,6 @@ t0=$(date +%s)
 bench/target/release/sidecap-bench ci "$@" &
 pid=$!
 # The runner removes its namespaces itself; this covers an interrupted run.
-trap 'kill -TERM $pid 2>/dev/null; wait $pid; for ns in scb-node-$pid scb-pod-$pid; do ip netns del $ns 2>/dev/null || true; done; exit 1' INT TERM
+trap 'kill -TERM $pid 2>/dev/null; wait $pid; for ns in scb-node-$pid scb-pod-$pid; do ip netns del $ns 2>/dev/null || true; done; rm -rf /var/tmp/sidecap-bench-$pid; exit 1' INT TERM
 wait $pid
 echo "bench/ci.sh: load check passed in $(( $(date +%s) - t0 )) s"

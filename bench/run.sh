@@ -16,4 +16,22 @@ if ((${#need[@]})); then
 fi
 cargo build --release --bins
 cargo build --release --locked --manifest-path bench/Cargo.toml
-exec bench/target/release/sidecap-bench run "$@"
+bench/target/release/sidecap-bench run "$@" &
+pid=$!
+# The runner cleans up after itself; this covers an interrupted run (namespaces, the frozen
+# loop-mounted file system of the slow-disk scenario, the work directory).
+cleanup() {
+  kill -TERM $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
+  work=/var/tmp/sidecap-bench-$pid
+  if mountpoint -q "$work/slowdisk"; then
+    fsfreeze -u "$work/slowdisk" 2>/dev/null || true
+    dev=$(findmnt -n -o SOURCE "$work/slowdisk")
+    umount "$work/slowdisk" && losetup -d "$dev" 2>/dev/null || true
+  fi
+  for ns in scb-node-$pid scb-pod-$pid; do ip netns del $ns 2>/dev/null || true; done
+  rm -rf "$work"
+  exit 1
+}
+trap cleanup INT TERM
+wait $pid
