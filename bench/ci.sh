@@ -4,7 +4,7 @@
 # sidecap's packets in files == sidecap_packets_written_total on /metrics == packets_written in
 # the done marker, and the capture ratio and kernel drops are reported. It prints the ratio table
 # so every CI log carries the figures, and exits non-zero on any correctness problem.
-# Needs root and target/release/sidecap (scripts/test.sh builds it first). About a minute.
+# Needs root and target/release/sidecap (scripts/test.sh builds it first). About 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
