@@ -1,8 +1,8 @@
 //! The writer thread: takes filled buffers of complete pcap records from the capture thread over
 //! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
 //! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
-//! `.part` -> `.pcap` on completion, fdatasync on flush ticks, the ring bound, and disk-full
-//! handling.
+//! `.part` -> `.pcap` on completion, fdatasync on flush ticks (on a small `fsync` thread, so
+//! waiting for the disk does not hold up writes), the ring bound, and disk-full handling.
 //!
 //! Disk full (ENOSPC, EDQUOT): the buffer that did not fit is dropped and counted, the file is
 //! truncated back to its last complete record so it stays valid, one warning is logged per
