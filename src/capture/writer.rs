@@ -1,8 +1,8 @@
 //! The writer thread: takes filled buffers of complete pcap records from the capture thread over
 //! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
 //! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
-//! `.part` -> `.pcap` on completion, fdatasync on flush ticks, the ring bound, and disk-full
-//! handling.
+//! `.part` -> `.pcap` on completion, fdatasync on flush ticks (on a small `fsync` thread, so
+//! waiting for the disk does not hold up writes), the ring bound, and disk-full handling.
 //!
 //! Disk full (ENOSPC, EDQUOT): the buffer that did not fit is dropped and counted, the file is
 //! truncated back to its last complete record so it stays valid, one warning is logged per
@@ -66,7 +66,8 @@ pub struct WriterSummary {
 }
 
 struct OpenFile {
-    file: File,
+    /// Shared with the `fsync` thread (no second fd: the fd count stays flat).
+    file: Arc<File>,
     path: PathBuf,
     /// Bytes known to be in the file, all complete records.
     len: u64,
@@ -83,6 +84,9 @@ pub struct Writer {
     summary: WriterSummary,
     /// Some while the disk is full, or was within the last [`EPISODE_QUIET`].
     full_episode: Option<FullEpisode>,
+    /// Flush ticks hand the current file to the `fsync` thread, so the
+    /// writer keeps writing into the page cache while the disk catches up; None until `run`.
+    sync_tx: Option<Sender<(Arc<File>, PathBuf)>>,
 }
 
 /// A disk-full episode ends only after writing has gone on this long without a drop. A nearly
@@ -125,6 +129,7 @@ impl Writer {
             current: None,
             summary: WriterSummary::default(),
             full_episode: None,
+            sync_tx: None,
         };
         w.layout.remove_stale_temporaries();
         if !existing.is_empty() {
@@ -148,6 +153,24 @@ impl Writer {
 
     /// Runs the writer loop until the capture thread drops its sender, then finalizes.
     pub fn run(mut self, rx: Receiver<Msg>, free: Sender<Vec<u8>>) -> WriterSummary {
+        // fdatasync waits for the disk; on the writer thread it stalled writes (and, once the
+        // queue was full, packet reads) whenever the disk was slower than the capture for a
+        // moment. One sync in flight at a time: a tick that finds one still running leaves the
+        // file dirty for the next tick.
+        let (sync_tx, sync_rx) = crossbeam_channel::bounded::<(Arc<File>, PathBuf)>(1);
+        let syncer = std::thread::Builder::new()
+            .name("fsync".into())
+            .spawn(move || {
+                for (file, path) in sync_rx.iter() {
+                    if let Err(e) = file.sync_data() {
+                        tracing::warn!(file = %path.display(), error = %e, "fdatasync failed.");
+                    }
+                }
+            })
+            .ok();
+        if syncer.is_some() {
+            self.sync_tx = Some(sync_tx);
+        }
         let result = (|| -> Result<(), WriteError> {
             for msg in rx.iter() {
                 match msg {
@@ -174,6 +197,10 @@ impl Writer {
             }
             Ok(())
         })();
+        self.sync_tx = None; // ends the fsync thread after its last sync
+        if let Some(h) = syncer {
+            let _ = h.join();
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "Stopping capture on a write error; finalizing what was written.");
             self.summary.error = Some(e.to_string());
@@ -211,7 +238,7 @@ impl Writer {
         let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
-        match cur.file.write_all(buf) {
+        match (&*cur.file).write_all(buf) {
             Ok(()) => {
                 cur.len += n;
                 cur.dirty = true;
@@ -341,7 +368,7 @@ impl Writer {
         self.next_seq += 1;
         tracing::debug!(file = %name, "Started a new file.");
         self.current = Some(OpenFile {
-            file,
+            file: Arc::new(file),
             path,
             len: FILE_HEADER_LEN as u64,
             dirty: true,
@@ -350,14 +377,27 @@ impl Writer {
     }
 
     fn sync(&mut self) {
-        if let Some(cur) = self.current.as_mut() {
-            if cur.dirty {
-                if let Err(e) = cur.file.sync_data() {
-                    tracing::warn!(file = %cur.path.display(), error = %e, "fdatasync failed.");
-                }
-                cur.dirty = false;
-            }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if !cur.dirty {
+            return;
         }
+        if let Some(tx) = &self.sync_tx {
+            match tx.try_send((cur.file.clone(), cur.path.clone())) {
+                Ok(()) => cur.dirty = false,
+                // The previous sync is still running: this file stays dirty for the next tick.
+                Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    self.sync_tx = None;
+                }
+            }
+            return;
+        }
+        if let Err(e) = cur.file.sync_data() {
+            tracing::warn!(file = %cur.path.display(), error = %e, "fdatasync failed.");
+        }
+        cur.dirty = false;
     }
 
     /// fsync, rename `.pcap.part` -> `.pcap`, fsync the directory.
