@@ -1144,7 +1144,11 @@ fn soak_continuous_upload_rss_and_fds_stay_flat() {
         on_disk.len()
     );
     assert!(rss2 <= rss1 + 4 * 1024, "uploader RSS grew: {samples:?}");
-    assert!(fd2 <= fd1 + 1, "uploader fds grew: {samples:?}");
+    // A sample can land while a file is in flight (its fd, its lock, a socket): the in-flight
+    // count varies by a few, a leak of one fd per file (dozens of files here) does not hide.
+    let min = |s: &[(u64, usize)]| s.iter().map(|s| s.1).min().unwrap();
+    assert!(min(second) <= min(first), "uploader fds grew: {samples:?}");
+    assert!(fd2 <= fd1 + 3, "uploader fds grew: {samples:?}");
 }
 
 #[test]
