@@ -102,6 +102,29 @@ pub struct FileResult {
     pub busy: bool,
 }
 
+impl FileResult {
+    /// A file nothing has been tried for yet.
+    pub fn not_attempted(c: &Candidate) -> FileResult {
+        FileResult::new(c.name.clone(), c.size, FileStatus::NotAttempted)
+    }
+
+    /// A result with only a name, a size and a status; the rest empty.
+    pub fn new(name: String, bytes: u64, status: FileStatus) -> FileResult {
+        FileResult {
+            name,
+            bytes,
+            sha256: None,
+            status,
+            attempts: 0,
+            http_status: None,
+            error: None,
+            repaired: None,
+            duration_ms: 0,
+            busy: false,
+        }
+    }
+}
+
 /// Counters of the uploader, rendered as Prometheus text.
 #[derive(Default)]
 pub struct UploadMetrics {
@@ -314,18 +337,7 @@ impl Engine {
         lock_until: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
-        let mut r = FileResult {
-            name: c.name.clone(),
-            bytes: c.size,
-            sha256: None,
-            status: FileStatus::NotAttempted,
-            attempts: 0,
-            http_status: None,
-            error: None,
-            repaired: None,
-            duration_ms: 0,
-            busy: false,
-        };
+        let mut r = FileResult::not_attempted(c);
         let fail = |mut r: FileResult, status: FileStatus, e: String| {
             r.status = status;
             r.error = Some(e);

@@ -181,16 +181,9 @@ impl Run {
             return;
         }
         self.put(FileResult {
-            name: c.name.clone(),
-            bytes: c.size,
-            sha256: None,
-            status: FileStatus::NotAttempted,
-            attempts: 0,
-            http_status: None,
             error: Some(why.into()),
             repaired: c.repaired.clone(),
-            duration_ms: 0,
-            busy: false,
+            ..FileResult::not_attempted(c)
         });
     }
 
@@ -215,18 +208,10 @@ impl Run {
         for (name, size, why) in listing.unrepairable {
             self.unrepairable.insert(name.clone());
             self.put(FileResult {
-                name,
-                bytes: size,
-                sha256: None,
-                status: FileStatus::Failed,
-                attempts: 0,
-                http_status: None,
                 error: Some(format!(
                     "left by a capture that died and cannot be repaired: {why}"
                 )),
-                repaired: None,
-                duration_ms: 0,
-                busy: false,
+                ..FileResult::new(name, size, FileStatus::Failed)
             });
         }
         // A file we found locked by another uploader and that has since disappeared was
@@ -383,19 +368,13 @@ impl Run {
                 let attempts = prev.as_ref().map_or(0, |p| p.attempts);
                 let last = prev.and_then(|p| p.error);
                 self.put(FileResult {
-                    name: c.name.clone(),
-                    bytes: c.size,
-                    sha256: None,
-                    status: FileStatus::Failed,
                     attempts,
-                    http_status: None,
                     error: Some(match last {
                         Some(l) => format!("deadline reached during the upload; earlier: {l}"),
                         None => "deadline reached during the upload".into(),
                     }),
                     repaired: c.repaired.clone(),
-                    duration_ms: 0,
-                    busy: false,
+                    ..FileResult::new(c.name.clone(), c.size, FileStatus::Failed)
                 });
             }
         }
@@ -412,16 +391,8 @@ impl Run {
         for (name, size) in self.live_parts.clone() {
             if !self.index.contains_key(&name) {
                 self.put(FileResult {
-                    name,
-                    bytes: size,
-                    sha256: None,
-                    status: FileStatus::NotAttempted,
-                    attempts: 0,
-                    http_status: None,
                     error: Some("still being written by the capture".into()),
-                    repaired: None,
-                    duration_ms: 0,
-                    busy: false,
+                    ..FileResult::new(name, size, FileStatus::NotAttempted)
                 });
             }
         }
