@@ -14,6 +14,17 @@ use crate::nginx::{make_pki, Nginx};
 use crate::receiver::{sha256_hex, Action, Receiver};
 
 /// `sidecap upload` with JSON logs, not mirrored to the host's PID 1.
+/// `sidecap uploader --continuous` polling `dir` every `poll`, admin server on `listen`
+/// (`off` or `127.0.0.1:0`); more flags can be appended before spawning.
+fn continuous_cmd(dir: &Path, url: &str, poll: &str, listen: &str) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+        .arg(dir)
+        .args(["--url", url, "--poll-interval", poll, "--listen", listen])
+        .args(["--grace-period", "20s"]);
+    c
+}
+
 fn upload_cmd(dir: &Path, url: &str, grace: &str, margin: &str) -> Command {
     let mut c = Command::new(bin());
     c.args(["--log-format", "json", "upload", "--dir"])
@@ -423,13 +434,12 @@ fn continuous_and_prestop_never_double_send() {
         "--filter",
         &format!("udp port {port}"),
     ]));
-    let mut uploader = Proc::spawn(
-        Command::new(bin())
-            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
-            .arg(dir.path())
-            .args(["--url", &rx.url("/in"), "--poll-interval", "100ms"])
-            .args(["--listen", "127.0.0.1:0", "--grace-period", "20s"]),
-    );
+    let mut uploader = Proc::spawn(&mut continuous_cmd(
+        dir.path(),
+        &rx.url("/in"),
+        "100ms",
+        "127.0.0.1:0",
+    ));
     let admin = uploader.admin_addr();
     // Traffic for ~3 s, so several files rotate and the continuous loop uploads them.
     for _ in 0..30 {
@@ -852,17 +862,7 @@ fn continuous_uploads_new_files_with_a_rotated_token() {
     write_pcap(&dir.path().join(first), 5, 80);
     let rx = Receiver::start(vec![]);
     let mut up = Proc::spawn(
-        Command::new(bin())
-            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
-            .arg(dir.path())
-            .args([
-                "--url",
-                &rx.url("/in"),
-                "--poll-interval",
-                "100ms",
-                "--listen",
-                "off",
-            ])
+        continuous_cmd(dir.path(), &rx.url("/in"), "100ms", "off")
             .arg("--bearer-token-file")
             .arg(&token),
     );
@@ -1068,19 +1068,12 @@ fn soak_continuous_upload_rss_and_fds_stay_flat() {
         "--filter",
         &format!("udp port {port}"),
     ]));
-    let mut up = Proc::spawn(
-        Command::new(bin())
-            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
-            .arg(dir.path())
-            .args([
-                "--url",
-                &rx.url("/in"),
-                "--poll-interval",
-                "200ms",
-                "--listen",
-                "off",
-            ]),
-    );
+    let mut up = Proc::spawn(&mut continuous_cmd(
+        dir.path(),
+        &rx.url("/in"),
+        "200ms",
+        "off",
+    ));
     up.wait_log("Continuous upload started", Duration::from_secs(10));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
@@ -1380,13 +1373,12 @@ fn prestop_lets_the_in_flight_continuous_file_finish_and_joins_concurrent_calls(
     let (dir, names) = finished_capture(1);
     // The continuous upload of the file takes 2 s at the receiver.
     let rx = Receiver::start(vec![Action::Delay(2000, 200)]);
-    let mut up = Proc::spawn(
-        Command::new(bin())
-            .args(["--log-format", "json", "uploader", "--continuous", "--dir"])
-            .arg(dir.path())
-            .args(["--url", &rx.url("/in"), "--poll-interval", "100ms"])
-            .args(["--listen", "127.0.0.1:0", "--grace-period", "20s"]),
-    );
+    let mut up = Proc::spawn(&mut continuous_cmd(
+        dir.path(),
+        &rx.url("/in"),
+        "100ms",
+        "127.0.0.1:0",
+    ));
     let admin = up.admin_addr();
     // The continuous loop (polling every 100 ms) is sending the file by now.
     std::thread::sleep(Duration::from_millis(700));
