@@ -722,16 +722,7 @@ fn output_directory_missing_or_not_writable() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(bin())
+    let out = as_nobody(&bin(), &[])
         .args([
             "capture",
             "-i",

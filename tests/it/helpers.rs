@@ -269,6 +269,17 @@ pub fn capinfos_count(path: &Path) -> u64 {
         .unwrap_or_else(|| panic!("capinfos output: {text}"))
 }
 
+/// `setpriv` running `binary` as nobody (uid and gid 65534, no supplementary groups), with
+/// `extra` setpriv options (capability sets) before the program.
+pub fn as_nobody(binary: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(extra)
+        .arg("--")
+        .arg(binary);
+    c
+}
+
 /// Runs a command, asserting success; returns stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)

@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -77,20 +76,6 @@ fn binary_copy(dir: &Path, file_cap: Option<&str>) -> PathBuf {
     b
 }
 
-fn as_nobody(b: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(b);
-    c
-}
-
 #[test]
 fn non_root_with_only_the_file_capability_captures() {
     for file_cap in ["cap_net_raw+ep", "cap_net_raw+p"] {
@@ -107,7 +92,7 @@ fn captures_as_nobody_with(file_cap: &str) {
     let out = tempdir();
     nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
     let port = unique_port();
-    let mut cmd = as_nobody(&b);
+    let mut cmd = as_nobody(&b, &[]);
     cmd.args(["--log-format", "json", "capture", "-i", "lo", "-w"])
         .arg(out.path())
         .args(["--listen", "127.0.0.1:0", &format!("udp port {port}")]);
@@ -144,7 +129,7 @@ fn non_root_without_the_capability_is_told_what_to_grant() {
     let b = binary_copy(bindir.path(), None);
     let out = tempdir();
     nix::unistd::chown(out.path(), Some(65534.into()), Some(65534.into())).unwrap();
-    let o = as_nobody(&b)
+    let o = as_nobody(&b, &[])
         .args(["capture", "-i", "lo", "-w"])
         .arg(out.path())
         .args(["--listen", "off"])
@@ -170,18 +155,7 @@ fn permitted_only_file_capability_runs_without_net_raw_in_the_bounding_set() {
     let bindir = tempdir();
     for (file_cap, runs) in [("cap_net_raw+p", true), ("cap_net_raw+ep", false)] {
         let b = binary_copy(bindir.path(), Some(file_cap));
-        let o = Command::new("setpriv")
-            .args([
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "--bounding-set",
-                "-all",
-                "--",
-            ])
-            .arg(&b)
+        let o = as_nobody(&b, &["--bounding-set=-all"])
             .arg("--version")
             .output()
             .unwrap();

@@ -956,26 +956,19 @@ fn uploader_as_another_user_reads_through_the_group_and_uploads_a_dead_part_it_c
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o640)).unwrap();
     let rx = Receiver::start(vec![Action::Status(503); 20]);
     let as_nobody = |grace: &str| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(bin())
-        .args(["--log-format", "json", "upload", "--dir"])
-        .arg(dir.path())
-        .args([
-            "--url",
-            &rx.url("/in"),
-            "--grace-period",
-            grace,
-            "--safety-margin",
-            "1s",
-            "--log-to-pid1",
-            "never",
-        ]);
+        let mut cmd = as_nobody(&bin(), &["--inh-caps=-all"]);
+        cmd.args(["--log-format", "json", "upload", "--dir"])
+            .arg(dir.path())
+            .args([
+                "--url",
+                &rx.url("/in"),
+                "--grace-period",
+                grace,
+                "--safety-margin",
+                "1s",
+                "--log-to-pid1",
+                "never",
+            ]);
         cmd
     };
     // The first run only meets 503s: nothing is uploaded.
@@ -1290,10 +1283,8 @@ fn an_unreadable_capture_directory_is_a_failure_not_a_success() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let rx = Receiver::start(vec![]);
     let nobody = |args: &[&str]| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(bin())
-            .arg("--log-format")
+        let mut cmd = as_nobody(&bin(), &[]);
+        cmd.arg("--log-format")
             .arg("json")
             .args(args)
             .arg("--dir")
