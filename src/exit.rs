@@ -1,5 +1,5 @@
 //! The process exit codes, one place for all subcommands. They are part of the interface
-//! (documented in the README and `--help`), so they never change meaning.
+//! (documented in docs/exit-codes.md and `--help`), so they never change meaning.
 
 /// Clean stop: finished, or stopped by SIGTERM/SIGINT after finalizing everything.
 pub const OK: u8 = 0;
