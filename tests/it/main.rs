@@ -3,6 +3,7 @@
 //! 127.0.0.1, tshark/capinfos reading what we wrote). Run as root.
 
 mod capture;
+mod docs;
 mod faults;
 mod helpers;
 mod nginx;
