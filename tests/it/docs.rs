@@ -95,10 +95,10 @@ fn every_option_in_help_is_documented_and_every_documented_option_exists() {
     }
 }
 
-/// `(code, first words)` of each row of an exit-code table: lines that start with a number.
+/// The codes of an exit-code table: the first cell of each row that `row` picks out.
 fn codes_in(text: &str, row: impl Fn(&str) -> Option<&str>) -> BTreeSet<u8> {
     text.lines()
-        .filter_map(|l| row(l))
+        .filter_map(row)
         .filter_map(|cell| cell.trim().parse::<u8>().ok())
         .collect()
 }
