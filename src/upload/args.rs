@@ -71,7 +71,6 @@ pub struct UploadOpts {
         long = "header",
         value_name = "NAME: VALUE",
         env = "SIDECAP_HEADER",
-        value_delimiter = '\n',
         hide_env_values = true
     )]
     pub headers: Vec<String>,
