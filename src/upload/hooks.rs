@@ -471,6 +471,27 @@ impl Run {
         }
     }
 
+    /// The exit code, and whether the deadline is what left files behind.
+    fn verdict(&self, totals: &report::Totals, cancelled: bool) -> (u8, bool) {
+        let exit_code = if self.listing_failed {
+            exit::RUNTIME
+        } else if self.cut_off || self.first_seen.is_none() {
+            // Whatever the partial results say, this run cannot know that every file is out.
+            report::exit_code(totals).max(exit::DEADLINE)
+        } else {
+            report::exit_code(totals)
+        };
+        let unrepairable_left = self
+            .results
+            .iter()
+            .filter(|r| self.unrepairable.contains(&r.name) && !r.status.is_done())
+            .count();
+        let deadline_reached = !self.listing_failed
+            && (totals.left.saturating_sub(unrepairable_left) > totals.rejected || self.cut_off)
+            && !cancelled;
+        (exit_code, deadline_reached)
+    }
+
     /// After the run, however it ended: every file it knew of gets an entry.
     fn settle_the_rest(&mut self, cancelled: bool) {
         if let Some(c) = self.in_flight.take() {
@@ -554,22 +575,7 @@ pub async fn prestop(
     }
     run.settle_the_rest(cancel.is_cancelled());
     let totals = report::totals(&run.results);
-    let exit_code = if run.listing_failed {
-        exit::RUNTIME
-    } else if run.cut_off || run.first_seen.is_none() {
-        // Whatever the partial results say, this run cannot know that every file is out.
-        report::exit_code(&totals).max(exit::DEADLINE)
-    } else {
-        report::exit_code(&totals)
-    };
-    let unrepairable_left = run
-        .results
-        .iter()
-        .filter(|r| run.unrepairable.contains(&r.name) && !r.status.is_done())
-        .count();
-    let deadline_reached = !run.listing_failed
-        && (totals.left.saturating_sub(unrepairable_left) > totals.rejected || run.cut_off)
-        && !cancel.is_cancelled();
+    let (exit_code, deadline_reached) = run.verdict(&totals, cancel.is_cancelled());
     if run.reason.is_empty() {
         run.reason = "done".into();
     }
@@ -593,7 +599,7 @@ pub async fn prestop(
         not_uploaded: run
             .results
             .iter()
-            .filter(|r| !r.status.is_done())
+            .filter(|r| !r.status.is_done() && r.status != FileStatus::Skipped)
             .map(|r| r.name.clone())
             .collect(),
         totals,

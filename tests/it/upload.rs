@@ -1658,6 +1658,7 @@ fn files_named_like_captures_without_a_pcap_header_are_skipped_and_reported() {
     assert_eq!(rep["totals"]["skipped"], 2, "{rep:#}");
     assert_eq!(rep["totals"]["uploaded"], 1, "{rep:#}");
     assert_eq!(rep["totals"]["left"], 0, "{rep:#}");
+    assert_eq!(rep["not_uploaded"], serde_json::json!([]), "{rep:#}");
     assert!(log.contains("no pcap header"), "{log}");
 }
 
