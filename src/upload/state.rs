@@ -186,12 +186,20 @@ fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, Stri
     let done_path = f.path.with_file_name(&done_name);
     // A .pcap of that name cannot exist (names are unique per sequence number); never
     // overwrite one, or upload two files under one name, if it somehow does.
-    if done_path.exists() {
+    if done_path.symlink_metadata().is_ok() {
         return Err(format!("{done_name} already exists next to {}", f.name));
     }
-    let key = std::fs::metadata(&f.path)
-        .map(|m| (f.path.clone(), m.len(), mtime_ns(&m)))
-        .map_err(|e| e.to_string())?;
+    // Looked at again (lstat) just before the repair opens it by name: the listing saw a
+    // regular file, and a link swapped in since must not be truncated through.
+    let meta = std::fs::symlink_metadata(&f.path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is {}, not a regular file: not followed",
+            f.name,
+            crate::volume::kind_of(meta.file_type())
+        ));
+    }
+    let key = (f.path.clone(), meta.len(), mtime_ns(&meta));
     let cached = scan_cache().lock().ok().and_then(|c| c.get(&key).copied());
     // The uploader may run as another user that can read the capture's files (group) but not
     // write them: then the torn tail stays on disk and only the valid part is uploaded.
