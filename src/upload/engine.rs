@@ -247,6 +247,14 @@ pub struct Engine {
     pub metrics: Arc<UploadMetrics>,
 }
 
+/// The instants one upload works to (see [`Engine::upload`]).
+#[derive(Clone, Copy)]
+struct Times {
+    deadline: Instant,
+    lock_until: Instant,
+    horizon: Instant,
+}
+
 /// Digests from the first pass.
 struct Prepared {
     /// SHA-256 of the file bytes we send (hex).
@@ -302,19 +310,25 @@ impl Engine {
 
     /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
     /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
+    /// `horizon` is the end of the whole run (`deadline` may be a file's share of it): the
+    /// response wait follows it (see [`retry::attempt_limits`]).
     /// Never panics, never returns after the deadline by more than the time it takes to notice.
     pub async fn upload(
         &self,
         c: &Candidate,
         deadline: Instant,
         lock_until: Instant,
+        horizon: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let started = Instant::now();
         self.metrics.in_flight.fetch_add(1, Relaxed);
-        let mut r = self
-            .upload_inner(c, deadline, lock_until.min(deadline), cancel)
-            .await;
+        let times = Times {
+            deadline,
+            lock_until: lock_until.min(deadline),
+            horizon: horizon.max(deadline),
+        };
+        let mut r = self.upload_inner(c, times, cancel).await;
         self.metrics.in_flight.fetch_sub(1, Relaxed);
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.repaired = c.repaired.clone();
@@ -346,10 +360,14 @@ impl Engine {
     async fn upload_inner(
         &self,
         c: &Candidate,
-        deadline: Instant,
-        lock_until: Instant,
+        t: Times,
         cancel: &CancellationToken,
     ) -> FileResult {
+        let Times {
+            deadline,
+            lock_until,
+            horizon,
+        } = t;
         let mut r = FileResult::not_attempted(c);
         let fail = |mut r: FileResult, status: FileStatus, e: String| {
             r.status = status;
@@ -456,7 +474,7 @@ impl Engine {
                 self.metrics.retries.fetch_add(1, Relaxed);
             }
             let attempt = tokio::select! {
-                a = self.send_once(c, &file, &prep, &key, remaining, r.attempts) => a,
+                a = self.send_once(c, &file, &prep, &key, remaining, horizon, r.attempts) => a,
                 _ = cancel.cancelled() => Attempt::Transport(TransportError::Other, "stopped during the upload".into()),
             };
             let action = match &attempt {
@@ -549,6 +567,7 @@ impl Engine {
         prep: &Prepared,
         key: &str,
         remaining: Duration,
+        horizon: Instant,
         attempt: u32,
     ) -> Attempt {
         let cfg = &self.cfg;
@@ -561,7 +580,8 @@ impl Engine {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let limits = retry::attempt_limits(remaining, prep.body_len);
+        let run_left = horizon.saturating_duration_since(Instant::now());
+        let limits = retry::attempt_limits(remaining, run_left, prep.body_len);
         let progress = Arc::new(Progress::default());
         let body = match body_stream(file.clone(), prep.file_len, cfg.gzip) {
             Ok(b) => tracked(b, prep.body_len, progress.clone()),

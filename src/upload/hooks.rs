@@ -385,7 +385,7 @@ impl Run {
                 }
                 self.in_flight = Some(c.clone());
                 let r = engine
-                    .upload(&c, file_deadline, now + LOCK_WAIT, cancel)
+                    .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
                     .await;
                 self.in_flight = None;
                 if r.busy {
@@ -666,7 +666,8 @@ pub async fn continuous(
             // Another uploader holds it: skip it, the next poll looks again. A preStop run
             // starting meanwhile does not cancel this file: it moves past it (locked) and
             // comes back once it is done.
-            let r = engine.upload(&c, now + file_timeout, now, &cancel).await;
+            let end = now + file_timeout;
+            let r = engine.upload(&c, end, now, end, &cancel).await;
             if matches!(
                 r.status,
                 FileStatus::Uploaded

@@ -1678,3 +1678,19 @@ fn a_run_stopped_by_a_signal_says_so_and_not_deadline_reached() {
     assert_eq!(rep["deadline_reached"], false);
     assert_eq!(rep["not_uploaded"], serde_json::json!([names[0]]));
 }
+
+#[test]
+fn a_receiver_answering_5_5_s_after_each_body_gets_a_backlog_of_three() {
+    // 3 x ~5.6 s fits in a 28 s budget: the response wait must not be cut by a file's turn.
+    let (dir, names) = finished_capture(3);
+    let rx = Receiver::start(vec![Action::Delay(5500, 200); 12]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "30s", "2s"),
+        Duration::from_secs(40),
+    );
+    let mut got = names_of(&rx.accepted());
+    got.sort();
+    assert_eq!(got, names, "{log}");
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(rx.requests().len(), 3, "one attempt each: {log}");
+}
