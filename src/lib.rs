@@ -17,3 +17,4 @@ pub mod pcapfile;
 pub mod process;
 pub mod repair;
 pub mod upload;
+pub mod volume;

@@ -9,6 +9,9 @@
 //!   no marker means the capture died (or never started).
 //! - `<prefix>.done` is a small JSON marker written atomically, last, on every stop the process
 //!   survives (clean or not): the uploader uses it to know the capture is final.
+//! - Only regular files count: the lock, the marker and capture files are opened without
+//!   following symbolic links and never wait on a FIFO ([`crate::volume`]); a name of ours that
+//!   is a link or a special file was planted, and is refused with a warning, never followed.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -38,6 +41,9 @@ pub struct CaptureFile {
     /// `.pcap` (complete) rather than `.pcap.part`.
     pub finished: bool,
     pub size: u64,
+    /// What it is when it is not a regular file (a planted link, a FIFO): never opened, but
+    /// its sequence number still counts, so new names never collide with it.
+    pub not_regular: Option<&'static str>,
 }
 
 impl Layout {
@@ -91,13 +97,20 @@ impl Layout {
                 Err(_) => continue,
             };
             if let Some((seq, finished)) = self.parse_name(&name) {
-                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                // DirEntry::metadata and file_type do not follow links.
+                let meta = e.metadata().ok();
+                let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+                let not_regular = meta
+                    .map(|m| m.file_type())
+                    .filter(|t| !t.is_file())
+                    .map(crate::volume::kind_of);
                 out.push(CaptureFile {
                     path: e.path(),
                     name,
                     seq,
                     finished,
                     size,
+                    not_regular,
                 });
             }
         }
@@ -124,11 +137,17 @@ impl Layout {
         }
     }
 
-    /// Is a capture process holding the lock right now?
+    /// Is a capture process holding the lock right now? A lock that is not a regular file
+    /// (a planted link or FIFO) cannot be held by a capture, which refuses to use one.
     pub fn capture_running(&self) -> bool {
-        let f = match File::open(self.lock_path()) {
+        let f = match crate::volume::open(&self.lock_path(), crate::volume::Access::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::warn!(error = %e, "The capture lock is not a regular file, so no capture holds it: treating the capture as not running."));
+                return false;
+            }
             // Unknown (EACCES, EIO...): assume it runs, so nobody touches its .part files.
             Err(e) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
@@ -142,9 +161,9 @@ impl Layout {
         }
     }
 
-    /// Reads the done marker if there is one.
+    /// Reads the done marker if there is one (a small regular file: never a link, a FIFO).
     pub fn read_marker(&self) -> Option<DoneMarker> {
-        let data = fs::read(self.marker_path()).ok()?;
+        let data = crate::volume::read_bounded(&self.marker_path(), MARKER_MAX).ok()?;
         serde_json::from_slice(&data).ok()
     }
 }
@@ -161,6 +180,10 @@ pub fn compact_utc(at: SystemTime) -> String {
 pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
+
+/// Far above any marker we write (its file list grows by ~40 bytes a file); a bound on reading
+/// one somebody else put there.
+const MARKER_MAX: u64 = 16 << 20;
 
 /// The exclusive lock a running capture holds on `<prefix>.lock`.
 pub struct CaptureLock {
@@ -182,13 +205,8 @@ pub enum LockError {
 impl CaptureLock {
     pub fn acquire(layout: &Layout) -> Result<CaptureLock, LockError> {
         let path = layout.lock_path();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)?;
+        // Never through a planted link (it would truncate the target below), never a FIFO.
+        let f = crate::volume::open(&path, crate::volume::Access::ReadWriteCreate(FILE_MODE))?;
         // An uploader checking whether a capture runs holds a shared lock for a few
         // microseconds; retry briefly so that probe never makes a starting capture fail.
         let mut f = f;
@@ -206,10 +224,9 @@ impl CaptureLock {
         let mut lock = match lock {
             Ok(l) => l,
             Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
-                let pid = fs::read_to_string(&path)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let pid = crate::volume::read_bounded(&path, 64)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .unwrap_or_default();
                 return Err(LockError::Busy {
                     pid,
                     dir: layout.dir.display().to_string(),

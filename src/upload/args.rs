@@ -66,21 +66,23 @@ pub struct UploadOpts {
     #[arg(long, env = "SIDECAP_GZIP")]
     pub gzip: bool,
 
-    /// Extra request header `Name: value` (repeatable; in the environment, one per line).
+    /// Extra request header `Name: value` (repeatable; in the environment, one per line). A
+    /// line break inside one value, `Content-Length` and `Transfer-Encoding` are refused.
     #[arg(
         long = "header",
         value_name = "NAME: VALUE",
         env = "SIDECAP_HEADER",
-        value_delimiter = '\n',
         hide_env_values = true
     )]
     pub headers: Vec<String>,
 
     /// File holding a bearer token (a mounted Secret), sent as `Authorization: Bearer ...`.
+    /// A regular file of at most 64 KiB.
     #[arg(long, env = "SIDECAP_BEARER_TOKEN_FILE")]
     pub bearer_token_file: Option<PathBuf>,
 
     /// PEM file of extra CA certificates to trust (a private CA). TLS is always verified.
+    /// A regular file of at most 4 MiB.
     #[arg(long, env = "SIDECAP_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 

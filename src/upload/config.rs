@@ -2,7 +2,7 @@
 //! checked once, before anything runs, and every secret found on the way is registered with the
 //! [`Redactor`] so no later message can leak it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -107,13 +107,28 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Parses `Name: value`.
+/// Headers sidecap sets from the body itself: a user value would contradict the body (a
+/// second `Content-Length` made the body go chunked, which presigned S3 PUTs refuse).
+const BODY_HEADERS: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// Parses `Name: value`. One header per value: a line break inside it is an error, never a
+/// second header.
 pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    if s.contains(['\r', '\n']) {
+        return Err(
+            "invalid --header: a line break inside one value (one header per --header)".into(),
+        );
+    }
     let (name, value) = s
         .split_once(':')
         .ok_or_else(|| "invalid --header: expected 'Name: value'".to_string())?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("invalid --header name {:?}", name.trim()))?;
+    if BODY_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "invalid --header {name}: sidecap sets it from the file (the real length is always sent)"
+        ));
+    }
     let mut value = HeaderValue::from_str(value.trim())
         .map_err(|_| format!("invalid --header value for {name}"))?;
     if redact::is_sensitive_header(name.as_str()) {
@@ -122,9 +137,10 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, ConfigError> {
+/// The grace period and the safety margin, checked: everything the deadline needs, and nothing
+/// that reads a file (the watchdog is armed from these before any file is read).
+pub fn timing(o: &UploadOpts) -> Result<(Duration, Duration), ConfigError> {
     let usage = ConfigError::Usage;
-    let mut redactor = Redactor::default();
     let grace =
         parse_duration(&o.grace_period).map_err(|e| usage(format!("--grace-period: {e}")))?;
     let margin =
@@ -135,6 +151,13 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
             o.safety_margin, o.grace_period
         )));
     }
+    Ok((grace, margin))
+}
+
+pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, ConfigError> {
+    let usage = ConfigError::Usage;
+    let mut redactor = Redactor::default();
+    let (grace, margin) = timing(o)?;
     if o.prefix.is_empty() || o.prefix.contains('/') {
         return Err(usage(format!("invalid --prefix {:?}", o.prefix)));
     }
@@ -180,7 +203,10 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         }
     }
     let mut headers = Vec::new();
-    for h in o.headers.iter().filter(|h| !h.trim().is_empty()) {
+    for h in header_lines(&o.headers)
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+    {
         let (n, v) = parse_header(h).map_err(usage)?;
         // Any header value may be a credential (API keys come in many names): scrub them all
         // from messages. Short values are skipped so that "1" does not blank every number.
@@ -229,10 +255,32 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
     })
 }
 
-/// Reads the bearer token file and registers the token as a secret.
-pub fn read_token(p: &PathBuf, redactor: &mut Redactor) -> Result<String, String> {
-    let t = std::fs::read_to_string(p)
+/// A bearer token is a few KiB at most (a projected service-account JWT is ~1 KiB).
+const TOKEN_MAX: u64 = 64 * 1024;
+/// A CA bundle: the whole Mozilla bundle is ~220 KiB.
+const CA_MAX: u64 = 4 << 20;
+
+/// The `--header` values, one header each. `SIDECAP_HEADER` holds one header per line (a
+/// Secret or ConfigMap value); clap hands it over as one value, which is split here, and only
+/// there: a line break inside a `--header` given on the command line is an error.
+fn header_lines(values: &[String]) -> Vec<String> {
+    let env = std::env::var("SIDECAP_HEADER").ok();
+    match values {
+        [one] if env.as_deref() == Some(one.as_str()) => one
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+            .collect(),
+        _ => values.to_vec(),
+    }
+}
+
+/// Reads the bearer token file and registers the token as a secret. Bounded: a regular file of
+/// at most [`TOKEN_MAX`] bytes, opened without waiting (a FIFO, `/dev/zero` are refused).
+pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, String> {
+    let t = crate::volume::read_user_file(p, TOKEN_MAX)
         .map_err(|e| format!("--bearer-token-file {}: {e}", p.display()))?;
+    let t = String::from_utf8(t)
+        .map_err(|_| format!("--bearer-token-file {}: not UTF-8 text", p.display()))?;
     let t = t.trim().to_string();
     if t.is_empty() {
         return Err(format!("--bearer-token-file {} is empty", p.display()));
@@ -247,17 +295,51 @@ pub fn read_token(p: &PathBuf, redactor: &mut Redactor) -> Result<String, String
     Ok(t)
 }
 
-fn read_ca(p: &PathBuf) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(p)
+/// Reads the CA bundle and checks every certificate in it the way the HTTP client will, so a
+/// bad one is named here (which file, which certificate, why) and not later as a bare
+/// "builder error".
+fn read_ca(p: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = crate::volume::read_user_file(p, CA_MAX)
         .map_err(|e| ConfigError::File(format!("--ca-file {}: {e}", p.display())))?;
     match reqwest::Certificate::from_pem_bundle(&pem) {
-        Ok(c) if !c.is_empty() => Ok(pem),
+        Ok(certs) if !certs.is_empty() => {
+            for (i, c) in certs.into_iter().enumerate() {
+                let built = reqwest::Client::builder()
+                    .use_rustls_tls()
+                    .add_root_certificate(c)
+                    .build();
+                if let Err(e) = built {
+                    return Err(ConfigError::File(format!(
+                        "--ca-file {}: certificate {} of the file is not a valid X.509 certificate: {}",
+                        p.display(),
+                        i + 1,
+                        error_chain(&e)
+                    )));
+                }
+            }
+            Ok(pem)
+        }
         Ok(_) => Err(ConfigError::File(format!(
             "--ca-file {}: no PEM certificate found",
             p.display()
         ))),
         Err(e) => Err(ConfigError::File(format!("--ca-file {}: {e}", p.display()))),
     }
+}
+
+/// The causes of an error, "b: c": reqwest's own message ("builder error") says nothing, its
+/// sources say what is wrong. The error itself when it has no source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut src = e.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ pub enum FileStatus {
     /// Deleted by the capture's ring bound (`--max-files`, `--max-total-size`) before it could
     /// be sent: lost by configuration, not by the upload.
     Deleted,
+    /// Named like a capture file but not one: a symbolic link or other non-regular file (never
+    /// followed), or no pcap header (empty, or other content). Not sent, not counted as left:
+    /// the capture never writes such a file, so no captured packet is in it.
+    Skipped,
 }
 
 impl FileStatus {
@@ -76,6 +80,7 @@ impl FileStatus {
             FileStatus::Failed => "failed",
             FileStatus::NotAttempted => "not_attempted",
             FileStatus::Deleted => "deleted",
+            FileStatus::Skipped => "skipped",
         }
     }
 
@@ -134,6 +139,7 @@ pub struct UploadMetrics {
     pub files_rejected: AtomicU64,
     pub files_failed: AtomicU64,
     pub files_deleted: AtomicU64,
+    pub files_skipped_not_capture: AtomicU64,
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -189,6 +195,12 @@ impl UploadMetrics {
             &self.files_deleted,
         );
         m(
+            "sidecap_upload_files_not_capture_total",
+            "counter",
+            "Files named like captures but not sent: a link or special file, or no pcap header.",
+            &self.files_skipped_not_capture,
+        );
+        m(
             "sidecap_upload_attempts_total",
             "counter",
             "HTTP requests sent.",
@@ -233,6 +245,14 @@ pub struct Engine {
     cfg: Arc<UploadConfig>,
     ledger: Ledger,
     pub metrics: Arc<UploadMetrics>,
+}
+
+/// The instants one upload works to (see [`Engine::upload`]).
+#[derive(Clone, Copy)]
+struct Times {
+    deadline: Instant,
+    lock_until: Instant,
+    horizon: Instant,
 }
 
 /// Digests from the first pass.
@@ -290,19 +310,25 @@ impl Engine {
 
     /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
     /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
+    /// `horizon` is the end of the whole run (`deadline` may be a file's share of it): the
+    /// response wait follows it (see [`retry::attempt_limits`]).
     /// Never panics, never returns after the deadline by more than the time it takes to notice.
     pub async fn upload(
         &self,
         c: &Candidate,
         deadline: Instant,
         lock_until: Instant,
+        horizon: Instant,
         cancel: &CancellationToken,
     ) -> FileResult {
         let started = Instant::now();
         self.metrics.in_flight.fetch_add(1, Relaxed);
-        let mut r = self
-            .upload_inner(c, deadline, lock_until.min(deadline), cancel)
-            .await;
+        let times = Times {
+            deadline,
+            lock_until: lock_until.min(deadline),
+            horizon: horizon.max(deadline),
+        };
+        let mut r = self.upload_inner(c, times, cancel).await;
         self.metrics.in_flight.fetch_sub(1, Relaxed);
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.repaired = c.repaired.clone();
@@ -324,6 +350,7 @@ impl Engine {
             FileStatus::Rejected => &self.metrics.files_rejected,
             FileStatus::Failed | FileStatus::NotAttempted => &self.metrics.files_failed,
             FileStatus::Deleted => &self.metrics.files_deleted,
+            FileStatus::Skipped => &self.metrics.files_skipped_not_capture,
         };
         counter.fetch_add(1, Relaxed);
         log_result(&r);
@@ -333,10 +360,14 @@ impl Engine {
     async fn upload_inner(
         &self,
         c: &Candidate,
-        deadline: Instant,
-        lock_until: Instant,
+        t: Times,
         cancel: &CancellationToken,
     ) -> FileResult {
+        let Times {
+            deadline,
+            lock_until,
+            horizon,
+        } = t;
         let mut r = FileResult::not_attempted(c);
         let fail = |mut r: FileResult, status: FileStatus, e: String| {
             r.status = status;
@@ -370,6 +401,10 @@ impl Engine {
                     "another uploader is sending this file".into(),
                 );
             }
+            // volume::open refused a link, FIFO or device: planted, never followed.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return fail(r, FileStatus::Skipped, format!("not uploaded: {e}"))
+            }
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),
         };
         let in_ledger = {
@@ -397,11 +432,15 @@ impl Engine {
         let prep = {
             let (f, gzip, cancel) = (file.clone(), self.cfg.gzip, cancel.clone());
             let limit = c.limit;
-            match tokio::task::spawn_blocking(move || prepare(f, limit, gzip, deadline, &cancel))
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => return fail(r, FileStatus::NotAttempted, e),
+            let prepared = tokio::task::spawn_blocking(move || {
+                check_pcap_header(&f)?;
+                Ok(prepare(f, limit, gzip, deadline, &cancel))
+            })
+            .await;
+            match prepared {
+                Ok(Err(not_pcap)) => return fail(r, FileStatus::Skipped, not_pcap),
+                Ok(Ok(Ok(p))) => p,
+                Ok(Ok(Err(e))) => return fail(r, FileStatus::NotAttempted, e),
                 Err(e) => return fail(r, FileStatus::NotAttempted, format!("digest task: {e}")),
             }
         };
@@ -435,7 +474,7 @@ impl Engine {
                 self.metrics.retries.fetch_add(1, Relaxed);
             }
             let attempt = tokio::select! {
-                a = self.send_once(c, &file, &prep, &key, remaining, r.attempts) => a,
+                a = self.send_once(c, &file, &prep, &key, remaining, horizon, r.attempts) => a,
                 _ = cancel.cancelled() => Attempt::Transport(TransportError::Other, "stopped during the upload".into()),
             };
             let action = match &attempt {
@@ -528,6 +567,7 @@ impl Engine {
         prep: &Prepared,
         key: &str,
         remaining: Duration,
+        horizon: Instant,
         attempt: u32,
     ) -> Attempt {
         let cfg = &self.cfg;
@@ -540,10 +580,11 @@ impl Engine {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let limits = retry::attempt_limits(remaining, prep.body_len);
+        let run_left = horizon.saturating_duration_since(Instant::now());
+        let limits = retry::attempt_limits(remaining, run_left, prep.body_len);
         let progress = Arc::new(Progress::default());
         let body = match body_stream(file.clone(), prep.file_len, cfg.gzip) {
-            Ok(b) => tracked(b, progress.clone()),
+            Ok(b) => tracked(b, prep.body_len, progress.clone()),
             Err(e) => {
                 return Attempt::Transport(
                     TransportError::Other,
@@ -695,12 +736,22 @@ impl Progress {
 }
 
 /// Counts the chunks the HTTP stack takes: it takes the next one only when the previous one is
-/// on its way, so a receiver that stops reading stops the count.
-fn tracked(s: ByteStream, p: Arc<Progress>) -> reqwest::Body {
+/// on its way, so a receiver that stops reading stops the count. The body is done when its
+/// last byte was taken: with a `Content-Length` the HTTP stack stops polling the stream after
+/// `len` bytes and never sees its end, so waiting for the end would leave the response wait to
+/// the stall timer (5 s, whatever the budget: the bug of issue 10).
+fn tracked(s: ByteStream, len: u64, p: Arc<Progress>) -> reqwest::Body {
     let p2 = p.clone();
+    let mut taken = 0u64;
     let s = s
         .map(move |item| {
             Progress::set(&p.last_chunk);
+            if let Ok(b) = &item {
+                taken += b.len() as u64;
+                if taken >= len {
+                    Progress::set(&p.body_done);
+                }
+            }
             item
         })
         .chain(futures_util::stream::poll_fn(move |_| {
@@ -792,6 +843,37 @@ impl Read for PosReader {
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+/// A capture file starts with a pcap file header: one that does not (empty, or anything else
+/// named like a capture) is not ours and is not sent. Err says what it is instead.
+fn check_pcap_header(f: &std::fs::File) -> Result<(), String> {
+    use crate::pcapfile::{FILE_HEADER_LEN, MAGIC_MICRO, MAGIC_NANO};
+    let mut h = [0u8; FILE_HEADER_LEN];
+    let mut got = 0;
+    while got < h.len() {
+        match f.read_at(&mut h[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read error is not "not a pcap": the upload's own read reports it.
+            Err(_) => return Ok(()),
+        }
+    }
+    if got == 0 {
+        return Err("not uploaded: the file is empty (no pcap header): not a capture file".into());
+    }
+    let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let known = [MAGIC_MICRO, MAGIC_NANO]
+        .iter()
+        .any(|&m| magic == m || magic.swap_bytes() == m);
+    if got < FILE_HEADER_LEN || !known {
+        return Err(format!(
+            "not uploaded: no pcap file header ({got} bytes, starts with {}): not a capture file",
+            hex(&h[..got.min(4)])
+        ));
+    }
+    Ok(())
 }
 
 /// The first pass: digests of the file and of the body as sent. Stops at the deadline.
@@ -986,6 +1068,12 @@ fn log_result(r: &FileResult) {
             file = %r.name,
             status = "deleted",
             "Deleted by the capture's ring bound before it could be uploaded (raise --max-total-size or upload continuously)."
+        ),
+        FileStatus::Skipped => tracing::warn!(
+            file = %r.name,
+            status = "skipped",
+            reason = r.error.as_deref().unwrap_or(""),
+            "Named like a capture file but not one: not uploaded."
         ),
         _ => tracing::error!(
             file = %r.name,

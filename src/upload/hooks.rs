@@ -13,7 +13,15 @@
 //!
 //! t0 is the start of the first preStop hook of this termination, kept on the volume in
 //! `<prefix>.prestop-start`: a hook re-run by the kubelet (at-least-once) counts its deadline
-//! from there, not from its own start.
+//! from there, not from its own start. A start recorded there belongs to this termination only
+//! if it is younger than the budget (an older one's deadline has passed: the kubelet would have
+//! killed us already, so it is a leftover) and nothing started after it: not the capture (its
+//! lock is rewritten when it starts) and not this container (its PID 1). A container restarted
+//! after a liveness failure (preStop runs then too) or a volume kept from an earlier Pod leaves
+//! such a file behind; it must not eat this termination's budget.
+//!
+//! Exit 0 means every file that was there was accepted: a run the backstop cut off, or one
+//! that never completed a listing, is never a success, whatever its partial results say.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +46,8 @@ const LOCK_WAIT: Duration = Duration::from_millis(200);
 const DEFAULT_RATE: f64 = 10.0 * 1024.0 * 1024.0;
 /// The least time one file gets per turn when other files wait (see [`file_share`]).
 const SHARE_MIN: Duration = Duration::from_secs(2);
+/// How long a run that never finished a listing waits for a bare directory read at its end.
+const LAST_LOOK: Duration = Duration::from_millis(300);
 /// A file whose upload failed this fast without a single attempt (it cannot be opened or read)
 /// is not tried again in this run: trying again at once would only spin.
 const FAST_FAILURE: Duration = Duration::from_secs(1);
@@ -69,25 +79,32 @@ pub fn prestop_start_path(layout: &Layout) -> std::path::PathBuf {
 }
 
 /// When this preStop run's budget starts: the start recorded on the volume by an earlier hook
-/// of this termination when it is less than a grace period old (a re-run hook, or the exec
-/// and HTTP hooks both configured), else now, which is then recorded for later runs.
-/// Blocking (file I/O).
-pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
+/// of this termination (a re-run hook, or the exec and HTTP hooks both configured), else now,
+/// which is then recorded for later runs. See the module docs for what "of this termination"
+/// means. Blocking (file I/O).
+pub fn hook_start(layout: &Layout, budget: Duration) -> (Instant, SystemTime) {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
     let path = prestop_start_path(layout);
-    let earlier = std::fs::read_to_string(&path)
+    let earlier = crate::volume::read_bounded(&path, 64)
         .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
+        .and_then(|t| String::from_utf8_lossy(&t).trim().parse::<u64>().ok())
         .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     if let Some(then) = earlier {
-        if let Ok(age) = now_wall.duration_since(then) {
-            if let (true, Some(start)) = (age < grace, now.checked_sub(age)) {
-                tracing::info!(
-                    started_ms_ago = age.as_millis() as u64,
-                    "An earlier preStop hook of this termination started before this one: the deadline counts from its start."
-                );
-                return (start, then);
+        match earlier_start_of_this_termination(layout, then, now_wall, budget) {
+            Ok(age) => {
+                if let Some(start) = now.checked_sub(age) {
+                    tracing::info!(
+                        started_ms_ago = age.as_millis() as u64,
+                        "An earlier preStop hook of this termination started before this one: the deadline counts from its start."
+                    );
+                    return (start, then);
+                }
             }
+            Err(why) => tracing::info!(
+                file = %path.display(),
+                why,
+                "Ignoring a preStop start left by an earlier termination or Pod start: the deadline counts from now."
+            ),
         }
     }
     let ms = now_wall
@@ -98,6 +115,58 @@ pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
         tracing::warn!(file = %path.display(), error = %e, "Cannot record the preStop start: a re-run hook would count its deadline from its own start.");
     }
     (now, now_wall)
+}
+
+/// The age of `then` if it is the start of an earlier hook of this termination, else why not.
+fn earlier_start_of_this_termination(
+    layout: &Layout,
+    then: SystemTime,
+    now: SystemTime,
+    budget: Duration,
+) -> Result<Duration, &'static str> {
+    let age = now
+        .duration_since(then)
+        .map_err(|_| "it is in the future")?;
+    if age >= budget {
+        return Err("it is older than the budget: that deadline has passed");
+    }
+    // The capture takes (and rewrites) its lock when it starts; it never starts again once
+    // the Pod is terminating.
+    let lock = std::fs::symlink_metadata(layout.lock_path()).and_then(|m| m.modified());
+    if lock.is_ok_and(|l| l > then) {
+        return Err("the capture started after it");
+    }
+    if container_start().is_some_and(|c| c > then) {
+        return Err("this container started after it");
+    }
+    Ok(age)
+}
+
+/// When PID 1 of our PID namespace started: the container's start (the uploader itself, or
+/// the process an exec hook runs beside). Outside a container it is the host's init, older
+/// than anything on the volume, so the check it feeds never fires there.
+fn container_start() -> Option<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/1/stat").ok()?;
+    // Field 22 (starttime, clock ticks after boot); fields after the ")" of the command name.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)? as u64;
+    Some(UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ticks * 1000 / hz))
 }
 
 async fn list(engine: &Engine) -> Result<Listing, String> {
@@ -142,6 +211,10 @@ struct Run {
     in_flight: Option<Candidate>,
     /// The directory could not be listed: the run could not see what to upload.
     listing_failed: bool,
+    /// The backstop ended the run (a step blocked past the deadline): never a success.
+    cut_off: bool,
+    /// Names of ours that are not regular files, already warned about.
+    planted: HashSet<String>,
 }
 
 impl Run {
@@ -152,6 +225,7 @@ impl Run {
                 | FileStatus::AlreadyUploaded
                 | FileStatus::Rejected
                 | FileStatus::Deleted
+                | FileStatus::Skipped
         ) {
             self.settled.insert(r.name.clone());
         }
@@ -205,6 +279,16 @@ impl Run {
         self.capture = listing.state.describe();
         self.live_parts = listing.live_parts;
         let is_final = listing.state.is_final();
+        for (name, what) in listing.planted {
+            if self.planted.insert(name.clone()) {
+                let why = format!("not uploaded: {name} is {what}, not a regular file: sidecap does not follow links or open special files on the shared volume");
+                tracing::warn!(file = %name, what, "A name of the capture's on the shared volume is not a regular file: not followed, not uploaded (was it planted?).");
+                self.put(FileResult {
+                    error: Some(why),
+                    ..FileResult::new(name, 0, FileStatus::Skipped)
+                });
+            }
+        }
         for (name, size, why) in listing.unrepairable {
             self.unrepairable.insert(name.clone());
             self.put(FileResult {
@@ -301,7 +385,7 @@ impl Run {
                 }
                 self.in_flight = Some(c.clone());
                 let r = engine
-                    .upload(&c, file_deadline, now + LOCK_WAIT, cancel)
+                    .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
                     .await;
                 self.in_flight = None;
                 if r.busy {
@@ -358,6 +442,54 @@ impl Run {
                 _ = tokio::time::sleep(WAIT_POLL.min(remaining - reserve)) => {}
             }
         }
+    }
+
+    /// After a run in which no listing finished: a bare directory read (no repair, no state),
+    /// bounded, so the report names the files that are there.
+    async fn list_what_is_there(&mut self, engine: &Engine) {
+        let layout = engine.config().layout.clone();
+        let read = tokio::task::spawn_blocking(move || layout.list());
+        let wait = LAST_LOOK.min(engine.config().margin / 4);
+        match tokio::time::timeout(wait, read).await {
+            Ok(Ok(Ok(files))) => {
+                for f in files.into_iter().filter(|f| f.not_regular.is_none()) {
+                    let name = f.name.trim_end_matches(".part").to_string();
+                    if !self.index.contains_key(&name) {
+                        self.put(FileResult {
+                            error: Some("deadline reached before the run could look at it".into()),
+                            ..FileResult::new(name, f.size, FileStatus::NotAttempted)
+                        });
+                    }
+                }
+            }
+            _ => {
+                self.reason = format!(
+                    "{}; the capture directory could not be read in time either, so the files left are unknown",
+                    self.reason
+                );
+            }
+        }
+    }
+
+    /// The exit code, and whether the deadline is what left files behind.
+    fn verdict(&self, totals: &report::Totals, cancelled: bool) -> (u8, bool) {
+        let exit_code = if self.listing_failed {
+            exit::RUNTIME
+        } else if self.cut_off || self.first_seen.is_none() {
+            // Whatever the partial results say, this run cannot know that every file is out.
+            report::exit_code(totals).max(exit::DEADLINE)
+        } else {
+            report::exit_code(totals)
+        };
+        let unrepairable_left = self
+            .results
+            .iter()
+            .filter(|r| self.unrepairable.contains(&r.name) && !r.status.is_done())
+            .count();
+        let deadline_reached = !self.listing_failed
+            && (totals.left.saturating_sub(unrepairable_left) > totals.rejected || self.cut_off)
+            && !cancelled;
+        (exit_code, deadline_reached)
     }
 
     /// After the run, however it ended: every file it knew of gets an entry.
@@ -434,23 +566,16 @@ pub async fn prestop(
         .await
         .is_err()
     {
-        run.reason = "deadline reached".into();
+        run.cut_off = true;
+        run.reason = "deadline reached: a step did not return in time (a blocked volume?)".into();
+    }
+    if run.first_seen.is_none() && !run.listing_failed {
+        // No listing finished: name the files from a bare directory read, if one returns now.
+        run.list_what_is_there(engine).await;
     }
     run.settle_the_rest(cancel.is_cancelled());
     let totals = report::totals(&run.results);
-    let exit_code = if run.listing_failed {
-        exit::RUNTIME
-    } else {
-        report::exit_code(&totals)
-    };
-    let unrepairable_left = run
-        .results
-        .iter()
-        .filter(|r| run.unrepairable.contains(&r.name) && !r.status.is_done())
-        .count();
-    let deadline_reached = !run.listing_failed
-        && totals.left.saturating_sub(unrepairable_left) > totals.rejected
-        && !cancel.is_cancelled();
+    let (exit_code, deadline_reached) = run.verdict(&totals, cancel.is_cancelled());
     if run.reason.is_empty() {
         run.reason = "done".into();
     }
@@ -474,7 +599,7 @@ pub async fn prestop(
         not_uploaded: run
             .results
             .iter()
-            .filter(|r| !r.status.is_done())
+            .filter(|r| !r.status.is_done() && r.status != FileStatus::Skipped)
             .map(|r| r.name.clone())
             .collect(),
         totals,
@@ -493,6 +618,8 @@ pub async fn continuous(
     pause: Arc<super::Pause>,
 ) {
     let mut settled: HashSet<String> = engine.ledger().uploaded().unwrap_or_default();
+    // Planted names (links, FIFOs) are warned about once, not every poll.
+    let mut planted: HashSet<String> = HashSet::new();
     tracing::info!(
         poll_ms = poll.as_millis() as u64,
         already_uploaded = settled.len(),
@@ -513,6 +640,11 @@ pub async fn continuous(
                 continue;
             }
         };
+        for (name, what) in listing.planted {
+            if planted.insert(name.clone()) {
+                tracing::warn!(file = %name, what, "A name of the capture's on the shared volume is not a regular file: not followed, not uploaded (was it planted?).");
+            }
+        }
         let mut ready: Vec<Candidate> = listing
             .ready
             .into_iter()
@@ -534,15 +666,101 @@ pub async fn continuous(
             // Another uploader holds it: skip it, the next poll looks again. A preStop run
             // starting meanwhile does not cancel this file: it moves past it (locked) and
             // comes back once it is done.
-            let r = engine.upload(&c, now + file_timeout, now, &cancel).await;
+            let end = now + file_timeout;
+            let r = engine.upload(&c, end, now, end, &cancel).await;
             if matches!(
                 r.status,
-                FileStatus::Uploaded | FileStatus::AlreadyUploaded | FileStatus::Rejected
+                FileStatus::Uploaded
+                    | FileStatus::AlreadyUploaded
+                    | FileStatus::Rejected
+                    | FileStatus::Skipped
             ) && !r.busy
             {
                 // A rejected file is not retried every poll; the preStop path tries it once more.
+                // A skipped one (not a capture file) is warned about once.
                 settled.insert(r.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::args::{Method, UploadOpts};
+
+    fn engine_for(dir: &std::path::Path) -> Engine {
+        let opts = UploadOpts {
+            dir: dir.into(),
+            prefix: "capture".into(),
+            url: Some("http://127.0.0.1:9/in".into()),
+            method: Method::Post,
+            form: None,
+            gzip: false,
+            headers: vec![],
+            bearer_token_file: None,
+            ca_file: None,
+            order: Order::NewestFirst,
+            grace_period: "10s".into(),
+            safety_margin: "2s".into(),
+        };
+        let cfg = Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
+        Engine::new(cfg, Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_run_cut_off_before_it_could_look_is_not_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "capture-20261122T154101Z-000001.pcap";
+        std::fs::write(
+            dir.path().join(name),
+            crate::pcapfile::file_header(1, 65535, false),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = {
+            let _g = rt.enter();
+            engine_for(dir.path())
+        };
+        // The budget ran out before the run began (a blocked step, a hook started late): the
+        // backstop cuts the run off before any listing finishes.
+        let start = Instant::now() - Duration::from_secs(9);
+        let report = rt.block_on(prestop(
+            &engine,
+            start,
+            SystemTime::now(),
+            "exec",
+            &CancellationToken::new(),
+        ));
+        assert_eq!(report.exit_code, exit::DEADLINE, "{report:#?}");
+        assert!(report.deadline_reached);
+        assert_eq!(report.not_uploaded, vec![name.to_string()], "{report:#?}");
+    }
+
+    #[test]
+    fn a_leftover_start_is_told_from_a_rerun_hook_of_this_termination() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        let now = SystemTime::now();
+        let budget = Duration::from_secs(28);
+        let s = Duration::from_secs;
+        // A re-run hook: 5 s ago, nothing started since.
+        assert_eq!(
+            earlier_start_of_this_termination(&l, now - s(5), now, budget),
+            Ok(s(5))
+        );
+        // Its deadline has passed: a leftover.
+        assert!(earlier_start_of_this_termination(&l, now - s(29), now, budget).is_err());
+        assert!(earlier_start_of_this_termination(&l, now + s(5), now, budget).is_err());
+        // The capture (re)started after it: a leftover of an earlier Pod start.
+        std::fs::write(l.lock_path(), b"1\n").unwrap();
+        let then = SystemTime::now() - s(5);
+        assert_eq!(
+            earlier_start_of_this_termination(&l, then, SystemTime::now(), budget),
+            Err("the capture started after it")
+        );
     }
 }

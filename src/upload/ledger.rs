@@ -14,15 +14,15 @@
 //! sent once more on the next run, with the same `Idempotency-Key`: at-least-once, never lost.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::capture::files::{Layout, FILE_MODE};
+use crate::volume;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
@@ -59,7 +59,7 @@ impl Ledger {
     /// Names of every file recorded as uploaded. A torn last line (a crash mid-append) is
     /// ignored: its file was not confirmed, so it is sent again.
     pub fn uploaded(&self) -> io::Result<HashSet<String>> {
-        let f = match File::open(&self.path) {
+        let f = match volume::open(&self.path, volume::Access::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
             Err(e) => return Err(e),
@@ -82,11 +82,8 @@ impl Ledger {
     pub fn record(&self, e: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .open(&self.path)?;
+        // Never through a planted link: appending would write into its target.
+        let mut f = volume::open(&self.path, volume::Access::AppendCreate(FILE_MODE))?;
         // A previous writer killed mid-line left no newline: start on a fresh line so ours
         // parses.
         let len = f.metadata()?.len();
@@ -100,7 +97,7 @@ impl Ledger {
 
 fn ends_with_newline(path: &Path, len: u64) -> io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
+    let mut f = volume::open(path, volume::Access::Read)?;
     f.seek(SeekFrom::Start(len - 1))?;
     let mut b = [0u8; 1];
     f.read_exact(&mut b)?;
@@ -125,8 +122,9 @@ impl FileLock {
         &self._lock
     }
 
+    /// Opens without following a link, never waiting on a FIFO: only a regular file is ours.
     fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
-        let f = File::open(path)?;
+        let f = volume::open(path, volume::Access::Read)?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(Some(FileLock { _lock: l })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -166,6 +164,7 @@ impl FileLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn entry(name: &str) -> Entry {
         Entry {

@@ -49,6 +49,8 @@ pub enum UploadError {
     Runtime(String),
     #[error("deadline reached with {left} file(s) not uploaded: {files}")]
     Deadline { left: usize, files: String },
+    #[error("stopped by a signal with {left} file(s) not uploaded: {files}")]
+    Stopped { left: usize, files: String },
     #[error(
         "the receiver rejected {rejected} file(s) for good; {left} file(s) not uploaded: {files}"
     )]
@@ -65,7 +67,7 @@ impl ExitStatus for UploadError {
             UploadError::Usage(_) => exit::USAGE,
             UploadError::Config(_) => exit::CONFIG,
             UploadError::Runtime(_) => exit::RUNTIME,
-            UploadError::Deadline { .. } => exit::DEADLINE,
+            UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
         }
     }
@@ -167,6 +169,11 @@ fn watchdog_exit(code: u8) -> ! {
     } else {
         code
     };
+    let what = if code == exit::OK {
+        "every file was uploaded, but a blocking step after that (the report, the log) did not return in time"
+    } else {
+        "deadline reached: a blocking step did not return in time"
+    };
     // Written from another thread: a stderr that blocks (a full pipe, a writer holding its
     // lock) must not keep the process alive.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -175,7 +182,7 @@ fn watchdog_exit(code: u8) -> ! {
         .spawn(move || {
             let _ = writeln!(
                 std::io::stderr(),
-                "sidecap: deadline reached; watchdog exit (code {code}): a blocking step did not return in time"
+                "sidecap: watchdog exit (code {code}): {what}"
             );
             let _ = tx.send(());
         });
@@ -184,8 +191,8 @@ fn watchdog_exit(code: u8) -> ! {
 }
 
 /// When the watchdog ends `sidecap upload`: a little after the deadline, inside the margin.
-fn watchdog_at(start: Instant, cfg: &UploadConfig) -> Instant {
-    start + cfg.budget() + (cfg.margin / 2).min(Duration::from_secs(1))
+fn watchdog_at(start: Instant, (grace, margin): (Duration, Duration)) -> Instant {
+    start + grace.saturating_sub(margin) + (margin / 2).min(Duration::from_secs(1))
 }
 
 /// `sidecap upload`: the preStop path (exec hook).
@@ -193,12 +200,14 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
     // The hook started a moment ago; the budget counts from here (or from an earlier hook of
     // this termination, see hooks::hook_start).
     let started = Instant::now();
+    // Armed before any file is read: a token or CA file on a hung volume blocks too.
+    let timing = config::timing(&args.opts)?;
+    let watchdog = Watchdog::arm(watchdog_at(started, timing));
     let cfg = Arc::new(config::from_opts(&args.opts, true)?);
     install_panic_redaction(cfg.redactor.clone());
-    let watchdog = Watchdog::arm(watchdog_at(started, &cfg));
     check_dir(&cfg)?;
-    let (start, start_wall) = hooks::hook_start(&cfg.layout, cfg.grace);
-    watchdog.not_after(watchdog_at(start, &cfg));
+    let (start, start_wall) = hooks::hook_start(&cfg.layout, cfg.budget());
+    watchdog.not_after(watchdog_at(start, timing));
     let rt = runtime()?;
     let engine = {
         let _guard = rt.enter();
@@ -215,10 +224,10 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
     report.publish(&cfg.layout);
     // Blocking work (a digest pass, a DNS lookup) may still run: do not wait for it.
     rt.shutdown_background();
-    result_of(&report)
+    result_of(&report, shutdown.is_triggered())
 }
 
-fn result_of(report: &report::Report) -> Result<(), UploadError> {
+fn result_of(report: &report::Report, stopped: bool) -> Result<(), UploadError> {
     let t = &report.totals;
     let files = report.not_uploaded.join(", ");
     match report.exit_code {
@@ -226,6 +235,10 @@ fn result_of(report: &report::Report) -> Result<(), UploadError> {
         exit::RUNTIME => Err(UploadError::Runtime(report.reason.clone())),
         exit::REJECTED => Err(UploadError::Rejected {
             rejected: t.rejected,
+            left: t.left,
+            files,
+        }),
+        _ if stopped && !report.deadline_reached => Err(UploadError::Stopped {
             left: t.left,
             files,
         }),
@@ -401,9 +414,9 @@ async fn http_prestop(
             "no --url configured: nothing can be uploaded\n",
         );
     }
-    let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
+    let (layout, budget) = (engine.config().layout.clone(), engine.config().budget());
     let (start, start_wall) =
-        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, grace)).await {
+        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, budget)).await {
             Ok(s) => s,
             Err(_) => (now, std::time::SystemTime::now()),
         };

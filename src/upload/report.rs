@@ -21,6 +21,9 @@ pub struct Totals {
     pub left: usize,
     /// Deleted by the capture's ring bound before they could be sent.
     pub deleted: usize,
+    /// Named like capture files but not ones (links, special files, no pcap header): not sent,
+    /// not left.
+    pub skipped: usize,
     pub bytes_uploaded: u64,
 }
 
@@ -75,8 +78,9 @@ pub fn totals(files: &[FileResult]) -> Totals {
             FileStatus::Failed => t.failed += 1,
             FileStatus::NotAttempted => {}
             FileStatus::Deleted => t.deleted += 1,
+            FileStatus::Skipped => t.skipped += 1,
         }
-        if !f.status.is_done() && f.status != FileStatus::Deleted {
+        if !f.status.is_done() && !matches!(f.status, FileStatus::Deleted | FileStatus::Skipped) {
             t.left += 1;
         }
     }

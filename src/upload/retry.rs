@@ -124,14 +124,19 @@ pub struct AttemptLimits {
     pub response: Duration,
 }
 
-/// `total = min(remaining, max(remaining / 2, body_len / MIN_RATE + ATTEMPT_ALLOWANCE))`;
-/// patience = remaining / 3 between [`PATIENCE_MIN`] and [`RESPONSE_MAX`] (the stall limit also
-/// at most [`STALL_MAX`]): a receiver that stops reading or never answers costs one bounded
-/// attempt, not the budget.
-pub fn attempt_limits(remaining: Duration, body_len: u64) -> AttemptLimits {
-    let need = Duration::from_secs_f64((body_len as f64 / MIN_RATE).min(1e6)) + ATTEMPT_ALLOWANCE;
+/// `remaining` is what is left of this file's turn, `run_left` what is left of the whole run
+/// (the preStop budget; the same in `--continuous`). patience = run_left / 3 between
+/// [`PATIENCE_MIN`] and [`RESPONSE_MAX`] (the stall limit also at most [`STALL_MAX`]): a
+/// receiver that stops reading or never answers costs one bounded attempt, not the budget,
+/// while one that verifies a body before answering gets the wait the budget allows, also when
+/// the file's turn is a share of it. `total = min(remaining, max(remaining / 2, send + 5 s,
+/// send + patience))` with send = body_len / MIN_RATE: one attempt fits its response wait
+/// unless the turn itself is shorter.
+pub fn attempt_limits(remaining: Duration, run_left: Duration, body_len: u64) -> AttemptLimits {
+    let send = Duration::from_secs_f64((body_len as f64 / MIN_RATE).min(1e6));
+    let patience = (run_left.max(remaining) / 3).clamp(PATIENCE_MIN, RESPONSE_MAX);
+    let need = send + ATTEMPT_ALLOWANCE.max(patience);
     let total = remaining.min((remaining / 2).max(need));
-    let patience = (remaining / 3).clamp(PATIENCE_MIN, RESPONSE_MAX);
     AttemptLimits {
         total,
         stall: patience.min(STALL_MAX),
@@ -272,22 +277,27 @@ mod tests {
     fn one_attempt_never_takes_the_whole_budget_when_a_retry_fits() {
         let s = Duration::from_secs;
         // Small body, big budget: half of it at most, patience capped.
-        let l = attempt_limits(s(28), 100_000);
+        let l = attempt_limits(s(28), s(28), 100_000);
         assert_eq!(l.total, s(14));
         assert_eq!((l.stall, l.response), (STALL_MAX, s(28) / 3));
         // A body that needs longer than half at MIN_RATE may use what it needs.
-        let l = attempt_limits(s(28), 15 << 20);
-        assert_eq!(l.total, s(20));
+        let l = attempt_limits(s(28), s(28), 15 << 20);
+        assert_eq!(l.total, s(15) + s(28) / 3);
         // ... but never more than what is left.
-        assert_eq!(attempt_limits(s(28), 1 << 40).total, s(28));
+        assert_eq!(attempt_limits(s(28), s(28), 1 << 40).total, s(28));
         // A tight budget: everything left, and patience at its floor.
-        let l = attempt_limits(s(3), 1000);
+        let l = attempt_limits(s(3), s(3), 1000);
         assert_eq!(l.total, s(3));
         assert_eq!((l.stall, l.response), (PATIENCE_MIN, PATIENCE_MIN));
+        // A file's turn (a share of the budget while others wait) does not shrink the response
+        // wait: it follows the run's budget, and the attempt may use the whole turn for it.
+        let l = attempt_limits(s(7), s(28), 100_000);
+        assert_eq!((l.total, l.response), (s(7), s(28) / 3));
         // Property: never past the remaining time, patience within its bounds.
         for ms in [0u64, 10, 999, 3000, 60_000, 3_600_000] {
             for len in [0u64, 1, 1 << 20, 1 << 30, u64::MAX] {
-                let l = attempt_limits(Duration::from_millis(ms), len);
+                let d = Duration::from_millis(ms);
+                let l = attempt_limits(d, d * 4, len);
                 assert!(l.total <= Duration::from_millis(ms));
                 assert!(l.stall >= PATIENCE_MIN && l.stall <= STALL_MAX);
                 assert!(l.response >= PATIENCE_MIN && l.response <= RESPONSE_MAX);

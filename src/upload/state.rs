@@ -24,6 +24,10 @@
 //! and a new file always gets a sequence number above every existing one): an older `.part` was
 //! left by an earlier run that died (possibly one kept in place as above). It is uploaded the
 //! same read-only way, never truncated or renamed, so nothing changes under a running capture.
+//!
+//! A name of ours that is not a regular file (a symbolic link, a FIFO) was planted: it is never
+//! opened, repaired or uploaded; the listing returns it as `planted` so the run reports it as
+//! skipped and says why.
 
 use std::collections::HashMap;
 use std::io;
@@ -62,7 +66,10 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
 
 pub fn capture_state(layout: &Layout) -> CaptureState {
     let running = layout.capture_running();
-    let marker_meta = std::fs::metadata(layout.marker_path()).ok();
+    // lstat: a planted link is not our marker (read_marker refuses it too).
+    let marker_meta = std::fs::symlink_metadata(layout.marker_path())
+        .ok()
+        .filter(|m| m.is_file());
     // The marker's existence is the signal (it is written atomically, last); its content is
     // detail. One we cannot parse (another sidecap version) still means "final".
     let marker = marker_meta.as_ref().map(|_| {
@@ -72,7 +79,7 @@ pub fn capture_state(layout: &Layout) -> CaptureState {
         })
     });
     if running {
-        let lock_meta = std::fs::metadata(layout.lock_path()).ok();
+        let lock_meta = std::fs::symlink_metadata(layout.lock_path()).ok();
         return match (marker, marker_meta, lock_meta) {
             (Some(m), Some(mm), Some(lm)) if mtime_ns(&mm) >= mtime_ns(&lm) => {
                 CaptureState::Final(Box::new(m))
@@ -110,6 +117,8 @@ pub struct Listing {
     pub live_parts: Vec<(String, u64)>,
     /// Dead `.pcap.part` files that could not be repaired: (name, size, why).
     pub unrepairable: Vec<(String, u64, String)>,
+    /// Names of ours that are not regular files (planted links, FIFOs): (name, what it is).
+    pub planted: Vec<(String, &'static str)>,
 }
 
 /// Lists the files that may be uploaded now, and the capture state seen after listing.
@@ -120,10 +129,17 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
     let mut out = Vec::new();
     let mut live_parts = Vec::new();
     let mut unrepairable = Vec::new();
-    let newest_part = listed.iter().filter(|f| !f.finished).map(|f| f.seq).max();
+    let mut planted = Vec::new();
+    let newest_part = listed
+        .iter()
+        .filter(|f| !f.finished && f.not_regular.is_none())
+        .map(|f| f.seq)
+        .max();
     let running = matches!(state, CaptureState::Running);
     for f in listed {
-        if f.finished {
+        if let Some(what) = f.not_regular {
+            planted.push((f.name, what));
+        } else if f.finished {
             out.push(Candidate {
                 path: f.path,
                 name: f.name,
@@ -149,6 +165,7 @@ pub fn candidates(layout: &Layout) -> io::Result<Listing> {
         state,
         live_parts,
         unrepairable,
+        planted,
     })
 }
 
@@ -169,12 +186,20 @@ fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, Stri
     let done_path = f.path.with_file_name(&done_name);
     // A .pcap of that name cannot exist (names are unique per sequence number); never
     // overwrite one, or upload two files under one name, if it somehow does.
-    if done_path.exists() {
+    if done_path.symlink_metadata().is_ok() {
         return Err(format!("{done_name} already exists next to {}", f.name));
     }
-    let key = std::fs::metadata(&f.path)
-        .map(|m| (f.path.clone(), m.len(), mtime_ns(&m)))
-        .map_err(|e| e.to_string())?;
+    // Looked at again (lstat) just before the repair opens it by name: the listing saw a
+    // regular file, and a link swapped in since must not be truncated through.
+    let meta = std::fs::symlink_metadata(&f.path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is {}, not a regular file: not followed",
+            f.name,
+            crate::volume::kind_of(meta.file_type())
+        ));
+    }
+    let key = (f.path.clone(), meta.len(), mtime_ns(&meta));
     let cached = scan_cache().lock().ok().and_then(|c| c.get(&key).copied());
     // The uploader may run as another user that can read the capture's files (group) but not
     // write them: then the torn tail stays on disk and only the valid part is uploaded.

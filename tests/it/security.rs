@@ -167,3 +167,113 @@ fn permitted_only_file_capability_runs_without_net_raw_in_the_bounding_set() {
         );
     }
 }
+
+// Planted links and special files on the shared volume (issue 10): never followed.
+
+/// A file outside the capture directory that a planted link points at.
+fn outside(dir: &Path, name: &str, data: &[u8], mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+#[test]
+fn planted_links_on_the_volume_are_never_followed_by_the_uploader() {
+    use crate::receiver::Receiver;
+    use crate::upload::{file_status, finished_capture, names_of, report, run, upload_cmd};
+    let (dir, names) = finished_capture(1);
+    let out = tempdir();
+    // A 0600 secret that even looks like a capture (a pcap header), so only the link check
+    // can keep it back.
+    let mut secret = sidecap::pcapfile::file_header(1, 65535, false).to_vec();
+    secret.extend_from_slice(b"TOP-SECRET-KEY-MATERIAL");
+    let secret_path = outside(out.path(), "secret", &secret, 0o600);
+    let victim = outside(out.path(), "victim", b"precious\n", 0o644);
+    let mut torn = sidecap::pcapfile::file_header(1, 65535, false).to_vec();
+    sidecap::pcapfile::push_record(&mut torn, 1, 0, 60, 60, &[7; 60]);
+    torn.extend_from_slice(&[1, 2, 3]);
+    let torn_path = outside(out.path(), "torn", &torn, 0o644);
+    let link = |name: &str, target: &Path| {
+        std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+    };
+    let planted_pcap = "capture-20261122T154197Z-000097.pcap";
+    let planted_part = "capture-20261122T154198Z-000098.pcap.part";
+    link(planted_pcap, &secret_path);
+    link(planted_part, &torn_path);
+    link("capture.upload-ledger.jsonl", &victim);
+    link("capture.lock", &out.path().join("created-by-the-lock"));
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()], "{log}");
+    assert!(
+        rx.requests()
+            .iter()
+            .all(|r| !r.body.windows(10).any(|w| w == b"TOP-SECRET")),
+        "the secret reached the receiver"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious\n",
+        "ledger link followed"
+    );
+    assert_eq!(
+        std::fs::read(&torn_path).unwrap(),
+        torn,
+        "dead .part link followed"
+    );
+    assert!(!out.path().join("created-by-the-lock").exists());
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, planted_pcap), "skipped");
+    assert_eq!(file_status(&rep, planted_part), "skipped");
+    assert_eq!(file_status(&rep, &names[0]), "uploaded");
+    assert!(log.contains("symbolic link"), "{log}");
+    // The links are still links, pointing where they pointed.
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("capture.upload-ledger.jsonl"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn capture_refuses_a_planted_lock_and_leaves_its_target_alone() {
+    require_root();
+    let out = tempdir();
+    let victim = outside(out.path(), "victim", b"keep me\n", 0o644);
+    let start = |dir: &Path| {
+        let mut p = Proc::spawn(&mut capture_cmd(dir, "lo"));
+        let code = p.wait_timeout(Duration::from_secs(10)).code();
+        (code, p.log_text())
+    };
+    // A link to a file: it would be truncated and get our pid.
+    let dir = tempdir();
+    std::os::unix::fs::symlink(&victim, dir.path().join("capture.lock")).unwrap();
+    let (code, log) = start(dir.path());
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("symbolic link"), "{log}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me\n");
+    // A dangling link: nothing is created at its target.
+    let dir = tempdir();
+    let nowhere = out.path().join("nowhere");
+    std::os::unix::fs::symlink(&nowhere, dir.path().join("capture.lock")).unwrap();
+    let (code, log) = start(dir.path());
+    assert_ne!(code, Some(0), "{log}");
+    assert!(!nowhere.exists(), "{log}");
+    // A FIFO: a clear message, not "Invalid argument".
+    let dir = tempdir();
+    nix::unistd::mkfifo(
+        &dir.path().join("capture.lock"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let (code, log) = start(dir.path());
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("a FIFO"), "{log}");
+    assert!(!log.contains("Invalid argument"), "{log}");
+}

@@ -25,7 +25,7 @@ fn continuous_cmd(dir: &Path, url: &str, poll: &str, listen: &str) -> Command {
     c
 }
 
-fn upload_cmd(dir: &Path, url: &str, grace: &str, margin: &str) -> Command {
+pub(crate) fn upload_cmd(dir: &Path, url: &str, grace: &str, margin: &str) -> Command {
     let mut c = Command::new(bin());
     c.args(["--log-format", "json", "upload", "--dir"])
         .arg(dir)
@@ -42,19 +42,19 @@ fn upload_cmd(dir: &Path, url: &str, grace: &str, margin: &str) -> Command {
 }
 
 /// Runs to completion; returns (exit code, elapsed, log).
-fn run(cmd: &mut Command, timeout: Duration) -> (i32, Duration, String) {
+pub(crate) fn run(cmd: &mut Command, timeout: Duration) -> (i32, Duration, String) {
     let t0 = Instant::now();
     let mut p = Proc::spawn(cmd);
     let st = p.wait_timeout(timeout);
     (st.code().unwrap_or(-1), t0.elapsed(), p.log_text())
 }
 
-fn report(dir: &Path) -> Value {
+pub(crate) fn report(dir: &Path) -> Value {
     let t = std::fs::read_to_string(dir.join("capture.upload-report.json")).expect("report");
     serde_json::from_str(&t).expect("report is JSON")
 }
 
-fn file_status(rep: &Value, name: &str) -> String {
+pub(crate) fn file_status(rep: &Value, name: &str) -> String {
     rep["files"]
         .as_array()
         .unwrap()
@@ -67,7 +67,7 @@ fn file_status(rep: &Value, name: &str) -> String {
 }
 
 /// A valid pcap file of `n` Ethernet records of `len` bytes.
-fn write_pcap(path: &Path, n: u32, len: u32) {
+pub(crate) fn write_pcap(path: &Path, n: u32, len: u32) {
     let mut v = sidecap::pcapfile::file_header(1, 262_144, false).to_vec();
     for i in 0..n {
         let data: Vec<u8> = (0..len).map(|j| (i + j) as u8).collect();
@@ -77,7 +77,7 @@ fn write_pcap(path: &Path, n: u32, len: u32) {
 }
 
 /// A directory as a capture that stopped cleanly leaves it: `n` finished files and a marker.
-fn finished_capture(n: u32) -> (tempfile::TempDir, Vec<String>) {
+pub(crate) fn finished_capture(n: u32) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempdir();
     let mut names = Vec::new();
     for i in 1..=n {
@@ -99,7 +99,7 @@ fn finished_capture(n: u32) -> (tempfile::TempDir, Vec<String>) {
     (dir, names)
 }
 
-fn names_of(reqs: &[crate::receiver::Request]) -> Vec<String> {
+pub(crate) fn names_of(reqs: &[crate::receiver::Request]) -> Vec<String> {
     reqs.iter()
         .map(|r| r.header("x-sidecap-file").unwrap_or("?").to_string())
         .collect()
@@ -1449,4 +1449,248 @@ fn watchdog_ends_a_hook_blocked_on_its_log_pipe_at_the_deadline() {
         took >= Duration::from_millis(2300) && took < Duration::from_secs(3),
         "{took:?}"
     );
+}
+
+// Hostile and broken inputs (issue 10): no false success, bounded inputs, honest messages.
+
+/// Milliseconds since the epoch `ago` before now, as `<prefix>.prestop-start` holds them.
+fn epoch_ms_ago(ago: Duration) -> String {
+    let t = std::time::SystemTime::now() - ago;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("{ms}\n")
+}
+
+#[test]
+fn a_stale_prestop_start_does_not_eat_the_budget_or_end_in_false_success() {
+    // Left by a hook 9.5 s ago: older than the budget (10 s - 1 s), younger than the grace
+    // period. Its deadline has passed, so it cannot be this termination's.
+    let (dir, names) = finished_capture(2);
+    std::fs::write(
+        dir.path().join("capture.prestop-start"),
+        epoch_ms_ago(Duration::from_millis(9500)),
+    )
+    .unwrap();
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "10s", "1s"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, 0, "{log}");
+    let mut got = names_of(&rx.accepted());
+    got.sort();
+    assert_eq!(
+        got, names,
+        "exit 0 must mean every file was accepted: {log}"
+    );
+    assert!(log.contains("Ignoring a preStop start"), "{log}");
+    let rep = report(dir.path());
+    assert_eq!(rep["totals"]["uploaded"], 2, "{rep:#}");
+    // Younger than the budget, but the capture started after it (its lock is newer): it was
+    // left by an earlier start of the Pod's containers, not by this termination.
+    let (dir, _) = finished_capture(1);
+    std::fs::write(
+        dir.path().join("capture.prestop-start"),
+        epoch_ms_ago(Duration::from_secs(5)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("capture.lock"), b"4242\n").unwrap();
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "10s", "1s"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code, 0, "{log}");
+    let rep = report(dir.path());
+    let started = humantime::parse_rfc3339(rep["started_at"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(3),
+        "budget counted from the leftover: {age:?}"
+    );
+}
+
+#[test]
+fn a_fifo_lock_neither_hangs_the_run_nor_ends_in_false_success() {
+    let (dir, names) = finished_capture(2);
+    nix::unistd::mkfifo(
+        &dir.path().join("capture.lock"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let rx = Receiver::start(vec![]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "4s", "1s"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let mut got = names_of(&rx.accepted());
+    got.sort();
+    assert_eq!(got, names, "{log}");
+    assert!(log.contains("not a regular file"), "{log}");
+}
+
+#[test]
+fn a_receiver_answering_5_5_s_after_the_body_is_waited_for() {
+    // Object stores and webhooks that verify a body answer late; with a 30 s grace period the
+    // response wait is min(left / 3, 10 s), about 9 s: one attempt, accepted.
+    let (dir, names) = finished_capture(1);
+    let rx = Receiver::start(vec![Action::Delay(5500, 200)]);
+    let (code, took, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "30s", "2s"),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()], "{log}");
+    assert!(took < Duration::from_secs(9), "{took:?}");
+    let rep = report(dir.path());
+    assert_eq!(rep["files"][0]["attempts"], 1, "{rep:#}");
+}
+
+#[test]
+fn secret_files_are_bounded_regular_files_read_without_waiting() {
+    let (dir, _) = finished_capture(1);
+    let rx = Receiver::start(vec![]);
+    let fifo = dir.path().join("token-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = dir.path().join("token-big");
+    std::fs::write(&big, vec![b'a'; 200 * 1024]).unwrap();
+    let bad_ca = dir.path().join("bad-ca.pem");
+    std::fs::write(
+        &bad_ca,
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        (
+            "--bearer-token-file",
+            PathBuf::from("/dev/zero"),
+            "a device",
+        ),
+        ("--bearer-token-file", fifo.clone(), "a FIFO"),
+        ("--bearer-token-file", big.clone(), "larger than"),
+        ("--ca-file", PathBuf::from("/dev/zero"), "a device"),
+        ("--ca-file", fifo.clone(), "a FIFO"),
+        ("--ca-file", bad_ca.clone(), "certificate 1 of the file"),
+    ];
+    for (flag, path, why) in cases {
+        let mut up = upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s");
+        up.arg(flag).arg(&path);
+        // Bounded address space: before the fix /dev/zero was read until the OOM killer came.
+        let mut cmd = Command::new("prlimit");
+        cmd.arg("--as=2000000000")
+            .arg("--")
+            .arg(up.get_program())
+            .args(up.get_args());
+        let (code, took, log) = run(&mut cmd, Duration::from_secs(10));
+        assert_eq!(code, 3, "{flag} {}: {log}", path.display());
+        assert!(
+            took < Duration::from_secs(2),
+            "{flag} {}: {took:?}",
+            path.display()
+        );
+        assert!(
+            log.contains(&path.display().to_string()) && log.contains(why),
+            "{flag} {}: the message names the file and says why ({why}): {log}",
+            path.display()
+        );
+        assert!(!log.contains("builder error"), "{log}");
+    }
+    assert!(rx.requests().is_empty());
+}
+
+#[test]
+fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
+    let (dir, names) = finished_capture(1);
+    let rx = Receiver::start(vec![]);
+    for h in [
+        "X-Team: net\r\nX-Injected: 1",
+        "X-Team: net\nX-Injected: 1",
+        "Content-Length: 5",
+        "Transfer-Encoding: chunked",
+    ] {
+        let (code, _, log) = run(
+            upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s").args(["--header", h]),
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, 2, "{h:?}: {log}");
+        assert!(log.contains("invalid --header"), "{h:?}: {log}");
+    }
+    assert!(
+        rx.requests().is_empty(),
+        "nothing is sent with a bad header"
+    );
+    // SIDECAP_HEADER holds one header per line (CRLF tolerated): both arrive, and the body
+    // keeps its real Content-Length.
+    let (code, _, log) = run(
+        upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s")
+            .env("SIDECAP_HEADER", "X-One: 1\r\nX-Two: 2"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "{log}");
+    let reqs = rx.accepted();
+    assert_eq!(names_of(&reqs), vec![names[0].clone()]);
+    assert_eq!(reqs[0].header("x-one"), Some("1"));
+    assert_eq!(reqs[0].header("x-two"), Some("2"));
+    assert_matches_disk(dir.path(), &reqs[0]);
+}
+
+#[test]
+fn files_named_like_captures_without_a_pcap_header_are_skipped_and_reported() {
+    let (dir, names) = finished_capture(1);
+    let empty = "capture-20261122T154102Z-000002.pcap";
+    let text = "capture-20261122T154103Z-000003.pcap";
+    std::fs::write(dir.path().join(empty), b"").unwrap();
+    std::fs::write(dir.path().join(text), b"not a capture at all, just text\n").unwrap();
+    let rx = Receiver::start(vec![]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()], "{log}");
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, empty), "skipped");
+    assert_eq!(file_status(&rep, text), "skipped");
+    assert_eq!(file_status(&rep, &names[0]), "uploaded");
+    assert_eq!(rep["totals"]["skipped"], 2, "{rep:#}");
+    assert_eq!(rep["totals"]["uploaded"], 1, "{rep:#}");
+    assert_eq!(rep["totals"]["left"], 0, "{rep:#}");
+    assert_eq!(rep["not_uploaded"], serde_json::json!([]), "{rep:#}");
+    assert!(log.contains("no pcap header"), "{log}");
+}
+
+#[test]
+fn a_run_stopped_by_a_signal_says_so_and_not_deadline_reached() {
+    let (dir, names) = finished_capture(1);
+    let rx = Receiver::start(vec![Action::Hang; 5]);
+    let mut p = Proc::spawn(&mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"));
+    std::thread::sleep(Duration::from_millis(1500));
+    p.signal(Signal::SIGTERM);
+    let code = p.wait_timeout(Duration::from_secs(5)).code();
+    let log = p.log_text();
+    assert_eq!(code, Some(5), "{log}");
+    assert!(log.contains("stopped by a signal"), "{log}");
+    assert!(!log.contains("deadline reached"), "{log}");
+    let rep = report(dir.path());
+    assert_eq!(rep["deadline_reached"], false);
+    assert_eq!(rep["not_uploaded"], serde_json::json!([names[0]]));
+}
+
+#[test]
+fn a_receiver_answering_5_5_s_after_each_body_gets_a_backlog_of_three() {
+    // 3 x ~5.6 s fits in a 28 s budget: the response wait must not be cut by a file's turn.
+    let (dir, names) = finished_capture(3);
+    let rx = Receiver::start(vec![Action::Delay(5500, 200); 12]);
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "30s", "2s"),
+        Duration::from_secs(40),
+    );
+    let mut got = names_of(&rx.accepted());
+    got.sort();
+    assert_eq!(got, names, "{log}");
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(rx.requests().len(), 3, "one attempt each: {log}");
 }
