@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod pcapfile;
 pub mod process;
 pub mod repair;
+pub mod term;
 pub mod upload;

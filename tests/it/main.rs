@@ -5,6 +5,7 @@
 mod capture;
 mod faults;
 mod helpers;
+mod laptop;
 mod nginx;
 mod receiver;
 mod security;
