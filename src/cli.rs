@@ -52,6 +52,10 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Capture packets into rotating pcap files (the capture sidecar, or `sudo sidecap capture -i lo`).
+    ///
+    /// On a terminal a status line shows the progress, and a summary like tcpdump's is printed at
+    /// exit. Signals: SIGTERM/SIGINT drain, finalize and exit 0; SIGHUP starts a new file;
+    /// SIGUSR1 prints the statistics and the capture goes on.
     #[command(after_help = EXIT_CODES)]
     Capture(Box<CaptureArgs>),
     /// Long-running uploader sidecar: idle PID 1, optional continuous upload, HTTP preStop hook.

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     if let Err(e) = process::install_signal_handlers(
         &shutdown,
         Box::new(|| {
-            sidecap::term::clear();
+            sidecap::term::try_clear();
             std::process::exit(exit::FORCED as i32)
         }),
     ) {

@@ -100,12 +100,22 @@ pub fn print_block(text: &str) {
     }
 }
 
-/// Erases the status line, if one is shown, and stops drawing it. Called at exit and before a
-/// forced exit, so the shell prompt starts on a clean row.
+/// Erases the status line, if one is shown, and stops drawing it, so the summary and the shell
+/// prompt start on a clean row.
 pub fn clear() {
     let mut term = lock();
     if term.line.take().is_some() {
         let _ = io::stderr().write_all(ERASE);
+    }
+}
+
+/// [`clear`] for a forced exit, which must not wait: if another thread is writing to stderr
+/// (a paused terminal blocks it), the line stays as it is.
+pub fn try_clear() {
+    if let Ok(mut term) = TERM.try_lock() {
+        if term.line.take().is_some() {
+            let _ = io::stderr().write_all(ERASE);
+        }
     }
 }
 

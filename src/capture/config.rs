@@ -237,6 +237,8 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_secs(1));
         assert_eq!(c.queue_buffers, 64);
         assert!(c.filter.is_none());
+        assert!(!c.quiet && !c.stdout);
+        assert!(cfg(&["-q"]).unwrap().quiet);
     }
 
     #[test]

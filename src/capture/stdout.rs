@@ -101,10 +101,15 @@ impl StdoutSink {
     /// Writes buffers until the capture thread drops its sender.
     pub fn run(mut self, rx: Receiver<Msg>, free: Sender<Vec<u8>>) -> WriterSummary {
         for msg in rx.iter() {
-            // Rotate (SIGHUP) and Sync (flush tick) mean nothing for a pipe: every buffer is
-            // written when it arrives, and there is no file to fsync.
-            let Msg::Data { mut buf, packets } = msg else {
-                continue;
+            // Sync (flush tick) means nothing for a pipe: every buffer is written when it
+            // arrives, and there is no file to fsync. Rotate comes only from SIGHUP.
+            let (mut buf, packets) = match msg {
+                Msg::Data { buf, packets } => (buf, packets),
+                Msg::Rotate => {
+                    tracing::info!("Writing to stdout: there is no file to rotate.");
+                    continue;
+                }
+                Msg::Sync => continue,
             };
             self.metrics
                 .queue_bytes
