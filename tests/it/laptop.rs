@@ -161,7 +161,15 @@ impl Drop for Raw {
 /// `script` runs `shell` on a new pty of `cols` columns and copies what it prints to its stdout:
 /// the capture's stderr is a real terminal. `-e` passes the command's exit code on.
 fn on_terminal(shell: &str, cols: u16, env: &[(&str, &str)]) -> Raw {
-    let mut c = Command::new("script");
+    on_terminal_in(None, shell, cols, env)
+}
+
+/// [`on_terminal`] inside a network namespace (`ip netns exec` execs `script`: same pid).
+fn on_terminal_in(ns: Option<&Netns>, shell: &str, cols: u16, env: &[(&str, &str)]) -> Raw {
+    let mut c = match ns {
+        Some(ns) => ns.command(Path::new("script")),
+        None => Command::new("script"),
+    };
     c.args([
         "-qec",
         &format!("stty cols {cols} rows 24; exec {shell}"),
@@ -215,15 +223,21 @@ fn status_line_on_a_terminal_is_redrawn_and_erased_before_log_lines_and_at_exit(
     require_root();
     let dir = tempdir();
     let port = unique_port();
-    let mut p = on_terminal(&lo_capture_shell(dir.path(), port, ""), 70, &[]);
+    // A namespace of its own: its lo carries only this test's packets, so even the kernel's
+    // count (which includes what arrived before the filter was set) is exact.
+    let ns = Netns::new("tty");
+    let shell = lo_capture_shell(dir.path(), port, "");
+    let mut p = on_terminal_in(Some(&ns), &shell, 70, &[]);
     p.wait_for("Capture is live", Duration::from_secs(10));
     let pid = child_of(p.child.id());
     // 30 packets over 3 s: the line is redrawn several times while they arrive.
-    for i in 0..30u32 {
+    ns.enter(|| {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.send_to(&i.to_be_bytes(), ("127.0.0.1", port)).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        for i in 0..30u32 {
+            s.send_to(&i.to_be_bytes(), ("127.0.0.1", port)).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     p.wait_for(&format!("{ERASE}0:00:0"), Duration::from_secs(5));
     p.wait_for("  30 packets  ", Duration::from_secs(5));
     // Log lines in the middle of a capture (SIGHUP: "Received SIGHUP", a rotation).
