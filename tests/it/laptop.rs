@@ -327,6 +327,14 @@ fn stderr_that_is_not_a_terminal_never_gets_the_status_line() {
             send_udp(port, 4, 10);
             std::thread::sleep(Duration::from_millis(500));
         }
+        // Statistics on SIGUSR1 follow the log format too.
+        p.signal(Signal::SIGUSR1);
+        let stats = if format == "json" {
+            "\"Statistics.\""
+        } else {
+            "20 packets captured"
+        };
+        p.wait_log(stats, Duration::from_secs(5));
         p.signal(Signal::SIGTERM);
         assert_eq!(p.wait_timeout(Duration::from_secs(10)).code(), Some(0));
         let log = p.log_text();
@@ -340,13 +348,26 @@ fn stderr_that_is_not_a_terminal_never_gets_the_status_line() {
                 !log.contains('\x1b'),
                 "json: no escape sequence at all: {log:?}"
             );
-            for line in log.lines() {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
-            }
+            let events: Vec<serde_json::Value> = log
+                .lines()
+                .map(|line| {
+                    serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+                })
+                .collect();
+            let stats = events
+                .iter()
+                .find(|e| e["message"] == "Statistics.")
+                .expect("statistics event");
+            assert_eq!(stats["packets_captured"], 20, "{stats}");
+            let fin = events
+                .iter()
+                .find(|e| e["message"] == "Capture finished.")
+                .expect("finished event");
+            assert_eq!(fin["packets_captured"], 20, "{fin}");
         } else {
-            // tcpdump prints its summary into a pipe too.
-            assert!(log.contains("\n20 packets captured\n"), "{log:?}");
+            // tcpdump prints its summary into a pipe too: once on SIGUSR1, once at exit.
+            assert_eq!(log.matches("\n20 packets captured\n").count(), 2, "{log:?}");
         }
     }
 }
