@@ -201,7 +201,7 @@ pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std:
                     }
                     SIGUSR1 => {
                         if !shutdown.usr1() {
-                            tracing::info!(signal = "SIGUSR1", "Received SIGUSR1; no statistics to print yet.");
+                            tracing::info!(signal = "SIGUSR1", "Received SIGUSR1; no statistics to print (only a running capture has them).");
                         }
                     }
                     _ => {
