@@ -42,8 +42,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
@@ -51,6 +52,10 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Capture packets into rotating pcap files (the capture sidecar, or `sudo sidecap capture -i lo`).
+    ///
+    /// On a terminal a status line shows the progress, and a summary like tcpdump's is printed at
+    /// exit. Signals: SIGTERM/SIGINT drain, finalize and exit 0; SIGHUP starts a new file;
+    /// SIGUSR1 prints the statistics and the capture goes on.
     #[command(after_help = EXIT_CODES)]
     Capture(Box<CaptureArgs>),
     /// Long-running uploader sidecar: idle PID 1, optional continuous upload, HTTP preStop hook.
@@ -77,13 +82,16 @@ pub struct CaptureArgs {
     #[arg(short = 'i', long, env = "SIDECAP_INTERFACE", default_value = "any")]
     pub interface: String,
 
-    /// Output directory (the shared volume). Must exist and be writable.
+    /// Output directory (the shared volume). Must exist and be writable. `-` streams one pcap
+    /// to stdout instead (`-w - | tshark -r -`, `-w - | wireshark -k -i -`): no rotation, ring,
+    /// prefix or done marker; logs stay on stderr; a reader closing the pipe ends the capture
+    /// with exit 0.
     #[arg(short = 'w', long, env = "SIDECAP_DIR", default_value = ".")]
     pub dir: PathBuf,
 
     /// File name prefix: files are <prefix>-<UTC time>-<seq>.pcap(.part), the done marker is
     /// <prefix>.done, the lock <prefix>.lock.
-    #[arg(long, env = "SIDECAP_PREFIX", default_value = "capture")]
+    #[arg(long, env = "SIDECAP_PREFIX", default_value = crate::capture::config::DEFAULT_PREFIX)]
     pub prefix: String,
 
     /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression.
@@ -156,6 +164,23 @@ pub struct CaptureArgs {
     /// (Prometheus). `off` disables it.
     #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_CAPTURE_LISTEN)]
     pub listen: String,
+
+    /// No status line on a terminal and no summary at exit: log lines only (SIGUSR1 still prints
+    /// the statistics). The status line is never drawn when stderr is not a terminal.
+    /// SIDECAP_QUIET takes 1/0, true/false, yes/no, on/off.
+    #[arg(short = 'q', long, env = "SIDECAP_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
+    pub quiet: bool,
+
+    /// List the interfaces libpcap can capture on, with their flags and addresses, and exit
+    /// (like tcpdump -D). No environment variable: it is an action, not a setting, and set in a
+    /// manifest it would turn the capture sidecar into a one-shot listing.
+    #[arg(short = 'D', long)]
+    pub list_interfaces: bool,
+
+    /// The global --log-format, copied here by main: the summary and statistics are text for
+    /// text logs and a log event for JSON logs.
+    #[arg(skip)]
+    pub log_format: LogFormat,
 
     /// BPF filter expression, as trailing words like tcpdump (`sidecap capture -i lo udp port 53`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = false)]

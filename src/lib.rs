@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod pcapfile;
 pub mod process;
 pub mod repair;
+pub mod term;
 pub mod upload;
 pub mod volume;

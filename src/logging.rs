@@ -12,7 +12,7 @@ pub fn init(format: LogFormat, level: Option<&str>) {
     .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::term::LogWriter)
         .with_target(false);
     // A second init (tests calling run() twice) is harmless; ignore it.
     let _ = match format {

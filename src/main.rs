@@ -29,13 +29,22 @@ fn main() -> ExitCode {
     let shutdown = Shutdown::new();
     if let Err(e) = process::install_signal_handlers(
         &shutdown,
-        Box::new(|| std::process::exit(exit::FORCED as i32)),
+        Box::new(|| {
+            sidecap::term::try_clear();
+            std::process::exit(exit::FORCED as i32)
+        }),
     ) {
         eprintln!("sidecap: cannot install signal handlers: {e}");
         return ExitCode::from(exit::RUNTIME);
     }
     let code = match cli.command {
-        Command::Capture(args) => report(sidecap::capture::run(&args, shutdown).map(|_| ())),
+        Command::Capture(args) if args.list_interfaces => {
+            report(sidecap::capture::interfaces::print())
+        }
+        Command::Capture(mut args) => {
+            args.log_format = cli.log_format;
+            report(sidecap::capture::run(&args, shutdown).map(|_| ()))
+        }
         Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
         Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),
         Command::Repair(args) => report(sidecap::repair::run(&args)),

@@ -3,7 +3,9 @@
 //! The kernel delivers to PID 1 of a PID namespace only the signals it installed handlers for
 //! (pid_namespaces(7)), so every subcommand installs its own: SIGTERM ("Kubernetes sends this to
 //! start a graceful shutdown") and SIGINT start one graceful stop, SIGQUIT too; SIGHUP is handed
-//! to the subcommand (capture rotates its file). A second SIGTERM/SIGINT/SIGQUIT exits at once.
+//! to the subcommand (capture rotates its file), and so is SIGUSR1 (capture prints its
+//! statistics, as tcpdump does; without a handler the default action would kill the process
+//! with nothing finalized). A second SIGTERM/SIGINT/SIGQUIT exits at once.
 //! As PID 1 we also reap orphans that exec probes, exec hooks and `kubectl exec` leave behind.
 //!
 //! Signal handlers only set flags (signal-hook); everything else runs on a named thread.
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +45,12 @@ struct Inner {
     /// Incremented on SIGHUP; a subcommand compares it to the value it last saw.
     hups: AtomicU64,
     hup_wakers: Mutex<Vec<UnixStream>>,
+    /// What SIGUSR1 does, once a subcommand has something to report.
+    usr1: Mutex<Option<Usr1Handler>>,
 }
+
+/// Runs on the `signals` thread on every SIGUSR1.
+pub type Usr1Handler = Box<dyn Fn() + Send + 'static>;
 
 /// The single shutdown token of a process. Cheap to clone; triggering is idempotent.
 #[derive(Clone)]
@@ -67,6 +74,7 @@ impl Shutdown {
                 token: CancellationToken::new(),
                 hups: AtomicU64::new(0),
                 hup_wakers: Mutex::new(Vec::new()),
+                usr1: Mutex::new(None),
             }),
         }
     }
@@ -127,6 +135,21 @@ impl Shutdown {
         self.inner.hups.fetch_add(1, Ordering::SeqCst);
         wake_all(&self.inner.hup_wakers);
     }
+
+    /// Sets what SIGUSR1 does from now on (capture: print its statistics).
+    pub fn on_usr1(&self, handler: Usr1Handler) {
+        if let Ok(mut h) = self.inner.usr1.lock() {
+            *h = Some(handler);
+        }
+    }
+
+    /// Runs the SIGUSR1 handler; false when none is set yet.
+    fn usr1(&self) -> bool {
+        match self.inner.usr1.lock() {
+            Ok(h) => h.as_ref().map(|f| f()).is_some(),
+            Err(_) => false,
+        }
+    }
 }
 
 fn wake_all(wakers: &Mutex<Vec<UnixStream>>) {
@@ -152,7 +175,7 @@ pub type ForceExit = Box<dyn Fn() + Send + 'static>;
 /// `shutdown` triggers. `on_force` runs on a second SIGTERM/SIGINT/SIGQUIT and must end the
 /// process (it is where a subcommand makes its best-effort flush).
 pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGCHLD])?;
     let shutdown = shutdown.clone();
     let pid1 = std::process::id() == 1;
     if pid1 {
@@ -175,6 +198,11 @@ pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std:
                     SIGHUP => {
                         tracing::info!(signal = "SIGHUP", "Received SIGHUP.");
                         shutdown.hup();
+                    }
+                    SIGUSR1 => {
+                        if !shutdown.usr1() {
+                            tracing::info!(signal = "SIGUSR1", "Received SIGUSR1; no statistics to print (only a running capture has them).");
+                        }
                     }
                     _ => {
                         let name = signal_name(sig);
@@ -201,6 +229,7 @@ fn signal_name(sig: i32) -> &'static str {
         SIGINT => "SIGINT",
         SIGQUIT => "SIGQUIT",
         SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
         _ => "signal",
     }
 }
@@ -316,5 +345,21 @@ mod tests {
         assert_eq!(hup.read(&mut b).unwrap(), 1);
         assert!(plain.read(&mut b).is_err(), "non-HUP waker must stay quiet");
         assert_eq!(s.hups(), 1);
+    }
+
+    #[test]
+    fn usr1_runs_the_handler_once_set() {
+        use std::sync::atomic::AtomicUsize;
+        let s = Shutdown::new();
+        assert!(!s.usr1(), "no handler yet");
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        s.on_usr1(Box::new(move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert!(s.usr1());
+        assert!(s.usr1());
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        assert!(!s.is_triggered(), "SIGUSR1 is not a stop");
     }
 }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use super::rotate::RotatePolicy;
 use super::source::BUF_SIZE;
-use crate::cli::{CaptureArgs, TimePrecision};
+use crate::cli::{CaptureArgs, LogFormat, TimePrecision};
 use crate::config::{parse_duration, parse_size};
+
+/// The default of `--prefix`, which `-w -` accepts because it is not a choice the user made.
+pub const DEFAULT_PREFIX: &str = "capture";
 
 /// libpcap's largest snapshot length for most link types; `-s 0` means this, as in tcpdump.
 pub const MAX_SNAPLEN: u32 = 262_144;
@@ -32,6 +35,11 @@ pub struct CaptureConfig {
     pub nano: bool,
     pub listen: Option<SocketAddr>,
     pub wait_for_interface: Duration,
+    /// `-w -`: one pcap stream on stdout instead of files in `dir`.
+    pub stdout: bool,
+    /// No status line and no exit summary.
+    pub quiet: bool,
+    pub log_format: LogFormat,
 }
 
 fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -50,6 +58,10 @@ impl CaptureConfig {
             return Err("--interface: must not be empty".into());
         }
         validate_prefix(&a.prefix)?;
+        let stdout = a.dir.as_os_str() == "-";
+        if stdout {
+            refuse_with_stdout(a)?;
+        }
         let snaplen = match a.snaplen {
             0 => MAX_SNAPLEN,
             s if s > MAX_SNAPLEN => {
@@ -159,7 +171,28 @@ impl CaptureConfig {
             nano: a.time_precision == TimePrecision::Nano,
             listen,
             wait_for_interface,
+            stdout,
+            quiet: a.quiet,
+            log_format: a.log_format,
         })
+    }
+}
+
+/// Options about files, which `-w -` does not write: naming the option beats silently
+/// ignoring it.
+fn refuse_with_stdout(a: &CaptureArgs) -> Result<(), String> {
+    let set = [
+        ("--rotate-size (-C)", a.rotate_size.is_some()),
+        ("--rotate-interval (-G)", a.rotate_interval.is_some()),
+        ("--max-files (-W)", a.max_files.is_some()),
+        ("--max-total-size", a.max_total_size.is_some()),
+        ("--prefix", a.prefix != DEFAULT_PREFIX),
+    ];
+    match set.iter().find(|(_, on)| *on) {
+        Some((name, _)) => Err(format!(
+            "{name} cannot be used with -w -: it is about files in a directory, and -w - streams one pcap to stdout (no rotation, ring, prefix or done marker)"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -204,6 +237,8 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_secs(1));
         assert_eq!(c.queue_buffers, 64);
         assert!(c.filter.is_none());
+        assert!(!c.quiet && !c.stdout);
+        assert!(cfg(&["-q"]).unwrap().quiet);
     }
 
     #[test]
@@ -248,5 +283,24 @@ mod tests {
             cfg(&["--filter", "tcp", "udp"]).is_err(),
             "--filter and an expression conflict"
         );
+    }
+
+    #[test]
+    fn stdout_refuses_file_options_by_name() {
+        let c = cfg(&["-w", "-", "-c", "10", "udp"]).unwrap();
+        assert!(c.stdout);
+        assert!(!cfg(&["-w", "./-"]).unwrap().stdout);
+        for (args, name) in [
+            (&["-C", "10"][..], "--rotate-size"),
+            (&["-G", "60"], "--rotate-interval"),
+            (&["-W", "3", "-C", "1"], "--rotate-size"),
+            (&["--max-total-size", "1GiB"], "--max-total-size"),
+            (&["--prefix", "mine"], "--prefix"),
+        ] {
+            let mut v = vec!["-w", "-"];
+            v.extend_from_slice(args);
+            let e = cfg(&v).unwrap_err();
+            assert!(e.starts_with(name) && e.contains("-w -"), "{args:?}: {e}");
+        }
     }
 }

@@ -4,8 +4,12 @@
 
 pub mod config;
 pub mod files;
+pub mod interfaces;
+pub mod output;
+pub mod report;
 pub mod rotate;
 pub mod source;
+pub mod stdout;
 pub mod writer;
 
 use std::io;
@@ -16,13 +20,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::Method;
 
 use crate::admin;
-use crate::cli::CaptureArgs;
+use crate::cli::{CaptureArgs, LogFormat};
 use crate::exit::{self, ExitStatus};
 use crate::metrics::CaptureMetrics;
 use crate::pcapfile;
 use crate::process::Shutdown;
 use config::CaptureConfig;
 use files::{CaptureLock, DoneMarker, Layout, LockError, Ring};
+use output::{Dest, Sink};
 use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,8 @@ pub enum CaptureError {
     /// The capture ran and stopped on an error; its files are finalized.
     #[error("capture stopped: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Stdout(#[from] stdout::StdoutError),
 }
 
 impl ExitStatus for CaptureError {
@@ -54,6 +61,8 @@ impl ExitStatus for CaptureError {
             CaptureError::Open { .. } | CaptureError::Io(_) | CaptureError::Runtime(_) => {
                 exit::RUNTIME
             }
+            CaptureError::Stdout(stdout::StdoutError::Terminal) => exit::CONFIG,
+            CaptureError::Stdout(_) => exit::RUNTIME,
         }
     }
 }
@@ -82,7 +91,13 @@ fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
 /// later compromise of the process gains nothing. The one exception: root writing into a
 /// directory that only CAP_DAC_OVERRIDE lets it write (e.g. `sudo` into a user's 0755 directory)
 /// keeps that capability, or the next rotation would fail; it says so.
-fn drop_capabilities_after_open(dir: &std::path::Path) -> Result<(), CaptureError> {
+fn drop_capabilities_after_open(dir: Option<&std::path::Path>) -> Result<(), CaptureError> {
+    let Some(dir) = dir else {
+        // -w -: no directory to write into.
+        return crate::process::drop_thread_capabilities(&[])
+            .map_err(CaptureError::Io)
+            .map(|()| tracing::info!("Dropped all capabilities after opening the capture."));
+    };
     let keep = if dir_writable_without_override(dir) {
         vec![]
     } else {
@@ -116,10 +131,8 @@ fn dir_writable_without_override(dir: &std::path::Path) -> bool {
     }
 }
 
-/// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
-/// duration); Err(Runtime) after finalizing when the capture stopped on an error.
-pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
-    let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
+/// Checks the output directory, takes its lock and removes an earlier run's done marker.
+fn claim_directory(cfg: &CaptureConfig) -> Result<(Layout, CaptureLock), CaptureError> {
     match std::fs::metadata(&cfg.dir) {
         Ok(m) if !m.is_dir() => {
             return Err(CaptureError::Config(format!(
@@ -131,7 +144,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         Err(e) => return Err(dir_error(&cfg.dir, &e)),
     }
     let layout = Layout::new(&cfg.dir, &cfg.prefix);
-    let _lock = CaptureLock::acquire(&layout).map_err(|e| match e {
+    let lock = CaptureLock::acquire(&layout).map_err(|e| match e {
         LockError::Busy { .. } => CaptureError::Config(e.to_string()),
         LockError::Io(io) => dir_error(&cfg.dir, &io),
     })?;
@@ -142,6 +155,48 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(dir_error(&cfg.dir, &e)),
     }
+    Ok((layout, lock))
+}
+
+/// The writer thread's sink: the first file (created now, so a read-only directory fails
+/// before the capture reports ready) or stdout with the pcap header already written.
+fn open_sink(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    linktype: u32,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<Sink, CaptureError> {
+    let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);
+    let Dest::Dir(layout) = dest else {
+        let s = stdout::StdoutSink::create(header, metrics.clone(), shutdown.clone())?;
+        return Ok(Sink::Stdout(s));
+    };
+    let ring = Ring::new(cfg.max_files, cfg.max_total_size);
+    let writer =
+        Writer::create(layout.clone(), header, ring, metrics.clone()).map_err(|e| {
+            match e.io_kind() {
+                io::ErrorKind::PermissionDenied => {
+                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
+                }
+                _ => CaptureError::Io(e.to_string()),
+            }
+        })?;
+    Ok(Sink::Files(Box::new(writer)))
+}
+
+/// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
+/// duration, the reader of `-w -` gone); Err(Runtime) after finalizing when the capture stopped
+/// on an error.
+pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
+    let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
+    let (dest, _lock) = if cfg.stdout {
+        stdout::refuse_terminal()?;
+        (Dest::Stdout, None)
+    } else {
+        let (layout, lock) = claim_directory(&cfg)?;
+        (Dest::Dir(layout), Some(lock))
+    };
 
     let metrics = Arc::new(CaptureMetrics::default());
     let started = SystemTime::now();
@@ -170,22 +225,13 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     source::wait_for_interface(&cfg, &shutdown);
     let src = source::open(&cfg)?;
     let linktype = src.linktype;
-    let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);
-    let ring = Ring::new(cfg.max_files, cfg.max_total_size);
-    let writer =
-        Writer::create(layout.clone(), header, ring, metrics.clone()).map_err(|e| {
-            match e.io_kind() {
-                io::ErrorKind::PermissionDenied => {
-                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
-                }
-                _ => CaptureError::Io(e.to_string()),
-            }
-        })?;
-    drop_capabilities_after_open(&cfg.dir)?;
-    let first = writer
-        .current_path()
+    let writer = open_sink(&cfg, &dest, linktype, &metrics, &shutdown)?;
+    drop_capabilities_after_open(dest.dir())?;
+    let first_path = writer.current_path();
+    let first = first_path
+        .as_ref()
         .map(|p| p.display().to_string())
-        .unwrap_or_default();
+        .unwrap_or_else(|| "stdout".into());
     metrics.ready.store(true, Relaxed);
     tracing::info!(
         interface = %cfg.interface,
@@ -195,7 +241,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         file = %first,
         "Capture is live."
     );
-    if cfg.max_total_size.is_none() && cfg.max_files.is_none() {
+    if !cfg.stdout && cfg.max_total_size.is_none() && cfg.max_files.is_none() {
         tracing::warn!("No disk bound set (--max-total-size, --max-files): the capture grows until the disk is full.");
     }
 
@@ -212,12 +258,14 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .spawn(move || source::run_loop(src, &cfg, tx, free_rx, metrics, &shutdown))
             .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
     };
+    let status = start_terminal_ui(&cfg, &metrics, &dest, first_path, &shutdown);
     let end = capture_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
     let summary = writer_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
+    drop(status); // erases the status line; the summary below has the final figures
 
     let error = summary.error.clone().or(end.error.clone());
     let exit_code = if error.is_some() {
@@ -247,23 +295,70 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         files: summary.files,
         files_deleted: summary.files_deleted,
     };
-    let json = serde_json::to_vec_pretty(&marker).unwrap_or_default();
-    if let Err(e) = files::write_atomic(&layout.marker_path(), &json) {
-        tracing::error!(error = %e, "Could not write the done marker; the uploader will treat the capture as dead and upload what is complete.");
+    if let Dest::Dir(layout) = &dest {
+        let json = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        if let Err(e) = files::write_atomic(&layout.marker_path(), &json) {
+            tracing::error!(error = %e, "Could not write the done marker; the uploader will treat the capture as dead and upload what is complete.");
+        }
     }
     tracing::info!(
         reason = %marker.reason,
+        packets_captured = marker.packets_captured,
         packets_written = marker.packets_written,
+        kernel_received = marker.kernel.received,
         kernel_dropped = marker.kernel.dropped,
         disk_dropped = marker.disk_dropped_packets,
         files = marker.files.len(),
         "Capture finished."
     );
+    if !cfg.quiet && cfg.log_format == LogFormat::Text {
+        crate::term::print_block(&report::exit_summary(&marker, &dest));
+    }
     match error {
-        Some(e) => Err(CaptureError::Runtime(format!(
-            "{e} (files finalized; marker {} written)",
-            layout.marker_path().display()
-        ))),
+        Some(e) => Err(CaptureError::Runtime(match &dest {
+            Dest::Dir(layout) => format!(
+                "{e} (files finalized; marker {} written)",
+                layout.marker_path().display()
+            ),
+            Dest::Stdout => e,
+        })),
         None => Ok(Outcome { marker }),
+    }
+}
+
+/// The terminal side of a running capture: SIGUSR1 prints the statistics from now on, and a
+/// status line is drawn while stderr is a terminal (and not `--quiet`). Called after the
+/// capabilities are dropped, so the status thread starts without any.
+fn start_terminal_ui(
+    cfg: &CaptureConfig,
+    metrics: &Arc<CaptureMetrics>,
+    dest: &Dest,
+    first_file: Option<std::path::PathBuf>,
+    shutdown: &Shutdown,
+) -> Option<crate::term::StatusLine> {
+    let (iface, m, d, format) = (
+        cfg.interface.clone(),
+        metrics.clone(),
+        dest.clone(),
+        cfg.log_format,
+    );
+    shutdown.on_usr1(Box::new(move || {
+        report::print_statistics(&iface, &m, &d, format)
+    }));
+    if cfg.quiet || !crate::term::stderr_is_terminal() {
+        return None;
+    }
+    let render = report::status_renderer(
+        cfg.interface.clone(),
+        metrics.clone(),
+        dest.clone(),
+        first_file,
+    );
+    match crate::term::StatusLine::start(render) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot start the status line; capturing without it.");
+            None
+        }
     }
 }

@@ -6,6 +6,7 @@ mod capture;
 mod docs;
 mod faults;
 mod helpers;
+mod laptop;
 mod nginx;
 mod receiver;
 mod security;
