@@ -46,14 +46,33 @@ pub fn kind_of(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// The payload of an error for a name that is not a regular file (a planted link, FIFO or
+/// device), so callers can tell a refusal from any other `InvalidInput` (an EINVAL from a FUSE
+/// or CIFS volume must not turn a real capture file into a skipped one).
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Was `e` made by [`open`] refusing a file that is not a regular file?
+pub fn is_refused(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Refused>())
+}
+
 /// An error that names the file and says why it was refused.
 fn refused(path: &Path, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        format!(
+        Refused(format!(
             "{} is {what}, not a regular file: sidecap does not follow links or open special files on the shared volume (remove it)",
             path.display()
-        ),
+        )),
     )
 }
 

@@ -143,7 +143,7 @@ impl Layout {
         let f = match crate::volume::open(&self.lock_path(), crate::volume::Access::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            Err(e) if crate::volume::is_refused(&e) => {
                 static SAID: std::sync::Once = std::sync::Once::new();
                 SAID.call_once(|| tracing::warn!(error = %e, "The capture lock is not a regular file, so no capture holds it: treating the capture as not running."));
                 return false;

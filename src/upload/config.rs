@@ -122,8 +122,19 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = s
         .split_once(':')
         .ok_or_else(|| "invalid --header: expected 'Name: value'".to_string())?;
-    let name = HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|_| format!("invalid --header name {:?}", name.trim()))?;
+    // The name is not echoed: a header written with '=' instead of ':' puts its secret value
+    // into what would be the name ("Authorization=Bearer …:x").
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+        let bad = name
+            .trim()
+            .char_indices()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)))
+            .map_or(0, |(i, _)| i + 1);
+        format!(
+            "invalid --header name ({} characters, the first invalid one at position {bad}): expected 'Name: value'",
+            name.trim().chars().count()
+        )
+    })?;
     if BODY_HEADERS.contains(&name.as_str()) {
         return Err(format!(
             "invalid --header {name}: sidecap sets it from the file (the real length is always sent)"

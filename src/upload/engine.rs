@@ -402,7 +402,7 @@ impl Engine {
                 );
             }
             // volume::open refused a link, FIFO or device: planted, never followed.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            Err(e) if crate::volume::is_refused(&e) => {
                 return fail(r, FileStatus::Skipped, format!("not uploaded: {e}"))
             }
             Err(e) => return fail(r, FileStatus::NotAttempted, format!("cannot open: {e}")),

@@ -82,7 +82,7 @@ pub fn prestop_start_path(layout: &Layout) -> std::path::PathBuf {
 /// of this termination (a re-run hook, or the exec and HTTP hooks both configured), else now,
 /// which is then recorded for later runs. See the module docs for what "of this termination"
 /// means. Blocking (file I/O).
-pub fn hook_start(layout: &Layout, budget: Duration) -> (Instant, SystemTime) {
+pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
     let path = prestop_start_path(layout);
     let earlier = crate::volume::read_bounded(&path, 64)
@@ -90,7 +90,7 @@ pub fn hook_start(layout: &Layout, budget: Duration) -> (Instant, SystemTime) {
         .and_then(|t| String::from_utf8_lossy(&t).trim().parse::<u64>().ok())
         .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     if let Some(then) = earlier {
-        match earlier_start_of_this_termination(layout, then, now_wall, budget) {
+        match earlier_start_of_this_termination(layout, then, now_wall, grace) {
             Ok(age) => {
                 if let Some(start) = now.checked_sub(age) {
                     tracing::info!(
@@ -122,13 +122,16 @@ fn earlier_start_of_this_termination(
     layout: &Layout,
     then: SystemTime,
     now: SystemTime,
-    budget: Duration,
+    grace: Duration,
 ) -> Result<Duration, &'static str> {
     let age = now
         .duration_since(then)
         .map_err(|_| "it is in the future")?;
-    if age >= budget {
-        return Err("it is older than the budget: that deadline has passed");
+    // Not the budget: a hook the kubelet runs again between t0 + budget and t0 + grace belongs
+    // to this termination and must count from t0 (and report the deadline as passed), not
+    // start a fresh budget that the kubelet's SIGKILL at t0 + grace would cut short.
+    if age >= grace {
+        return Err("it is older than the grace period: the kubelet has killed that termination's containers");
     }
     // The capture takes (and rewrites) its lock when it starts; it never starts again once
     // the Pod is terminating.
@@ -562,7 +565,11 @@ pub async fn prestop(
     };
     // Backstop: every step is bounded by the deadline already; this makes sure of it.
     let backstop = tokio::time::Instant::from_std(deadline + Duration::from_millis(200));
-    if tokio::time::timeout_at(backstop, run.go(engine, deadline, budget, cancel))
+    if deadline <= Instant::now() {
+        // A re-run hook of this termination whose deadline had passed before it began.
+        run.cut_off = true;
+        run.reason = "deadline reached before this run started (it counts from an earlier preStop hook of this termination)".into();
+    } else if tokio::time::timeout_at(backstop, run.go(engine, deadline, budget, cancel))
         .await
         .is_err()
     {
@@ -745,21 +752,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::new(dir.path(), "capture");
         let now = SystemTime::now();
-        let budget = Duration::from_secs(28);
+        let grace = Duration::from_secs(30);
         let s = Duration::from_secs;
         // A re-run hook: 5 s ago, nothing started since.
         assert_eq!(
-            earlier_start_of_this_termination(&l, now - s(5), now, budget),
+            earlier_start_of_this_termination(&l, now - s(5), now, grace),
             Ok(s(5))
         );
-        // Its deadline has passed: a leftover.
-        assert!(earlier_start_of_this_termination(&l, now - s(29), now, budget).is_err());
-        assert!(earlier_start_of_this_termination(&l, now + s(5), now, budget).is_err());
+        // Past the budget (28 s) but inside the grace period: still this termination's, so
+        // the re-run counts from it and finds its deadline passed.
+        assert_eq!(
+            earlier_start_of_this_termination(&l, now - s(29), now, grace),
+            Ok(s(29))
+        );
+        // Older than the grace period, or in the future: a leftover.
+        assert!(earlier_start_of_this_termination(&l, now - s(31), now, grace).is_err());
+        assert!(earlier_start_of_this_termination(&l, now + s(5), now, grace).is_err());
         // The capture (re)started after it: a leftover of an earlier Pod start.
         std::fs::write(l.lock_path(), b"1\n").unwrap();
         let then = SystemTime::now() - s(5);
         assert_eq!(
-            earlier_start_of_this_termination(&l, then, SystemTime::now(), budget),
+            earlier_start_of_this_termination(&l, then, SystemTime::now(), grace),
             Err("the capture started after it")
         );
     }

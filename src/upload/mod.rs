@@ -206,8 +206,13 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
     let cfg = Arc::new(config::from_opts(&args.opts, true)?);
     install_panic_redaction(cfg.redactor.clone());
     check_dir(&cfg)?;
-    let (start, start_wall) = hooks::hook_start(&cfg.layout, cfg.budget());
-    watchdog.not_after(watchdog_at(start, timing));
+    let (start, start_wall) = hooks::hook_start(&cfg.layout, cfg.grace);
+    // A re-run hook whose deadline has already passed still gets a moment to list the files and
+    // write the report that names them, as long as that ends before the kubelet's kill.
+    let (grace, _) = timing;
+    let report_time = Duration::from_millis(300)
+        .min((start + grace).saturating_duration_since(Instant::now()) / 2);
+    watchdog.not_after(watchdog_at(start, timing).max(Instant::now() + report_time));
     let rt = runtime()?;
     let engine = {
         let _guard = rt.enter();
@@ -414,9 +419,9 @@ async fn http_prestop(
             "no --url configured: nothing can be uploaded\n",
         );
     }
-    let (layout, budget) = (engine.config().layout.clone(), engine.config().budget());
+    let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
     let (start, start_wall) =
-        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, budget)).await {
+        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, grace)).await {
             Ok(s) => s,
             Err(_) => (now, std::time::SystemTime::now()),
         };
