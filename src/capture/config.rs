@@ -32,6 +32,9 @@ pub struct CaptureConfig {
     pub nano: bool,
     pub listen: Option<SocketAddr>,
     pub wait_for_interface: Duration,
+    pub format: super::files::FileFormat,
+    /// NSS key log to follow (pcapng only).
+    pub tls_keylog: Option<std::path::PathBuf>,
 }
 
 fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -138,6 +141,15 @@ impl CaptureConfig {
             "--wait-for-interface",
             parse_duration(&a.wait_for_interface),
         )?;
+        if a.tls_keylog.is_some() && a.format != super::files::FileFormat::Pcapng {
+            return Err("--tls-keylog needs --format pcapng: only pcapng files can carry TLS secrets (classic pcap has no place for them)".into());
+        }
+        if a.tls_keylog
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("--tls-keylog: must not be empty".into());
+        }
         Ok(CaptureConfig {
             interface: a.interface.clone(),
             dir: a.dir.clone(),
@@ -159,6 +171,8 @@ impl CaptureConfig {
             nano: a.time_precision == TimePrecision::Nano,
             listen,
             wait_for_interface,
+            format: a.format,
+            tls_keylog: a.tls_keylog.clone(),
         })
     }
 }
@@ -204,6 +218,18 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_secs(1));
         assert_eq!(c.queue_buffers, 64);
         assert!(c.filter.is_none());
+        assert_eq!(c.format, super::super::files::FileFormat::Pcap);
+    }
+
+    #[test]
+    fn tls_keylog_needs_pcapng() {
+        let e = cfg(&["--tls-keylog", "/x/keys"]).unwrap_err();
+        assert!(e.contains("--tls-keylog needs --format pcapng"), "{e}");
+        let c = cfg(&["--format", "pcapng", "--tls-keylog", "/x/keys"]).unwrap();
+        assert_eq!(
+            c.tls_keylog.as_deref(),
+            Some(std::path::Path::new("/x/keys"))
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod files;
+pub mod format;
+pub mod keylog;
 pub mod rotate;
 pub mod source;
 pub mod writer;
@@ -19,7 +21,6 @@ use crate::admin;
 use crate::cli::CaptureArgs;
 use crate::exit::{self, ExitStatus};
 use crate::metrics::CaptureMetrics;
-use crate::pcapfile;
 use crate::process::Shutdown;
 use config::CaptureConfig;
 use files::{CaptureLock, DoneMarker, Layout, LockError, Ring};
@@ -116,6 +117,13 @@ fn dir_writable_without_override(dir: &std::path::Path) -> bool {
     }
 }
 
+/// Secrets repeated at the start of every file: at most 1 MiB, and at most a quarter of a file
+/// so that carrying them never turns size rotation into one file per packet.
+fn max_carried_secrets(cfg: &CaptureConfig) -> usize {
+    const MAX: u64 = 1 << 20;
+    cfg.rotate.size.map_or(MAX, |s| (s / 4).min(MAX)) as usize
+}
+
 /// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
 /// duration); Err(Runtime) after finalizing when the capture stopped on an error.
 pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
@@ -170,10 +178,11 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     source::wait_for_interface(&cfg, &shutdown);
     let src = source::open(&cfg)?;
     let linktype = src.linktype;
-    let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);
+    let framing = format::Framing::new(&cfg, linktype);
+    let overhead = framing.overhead();
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
     let writer =
-        Writer::create(layout.clone(), header, ring, metrics.clone()).map_err(|e| {
+        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
             match e.io_kind() {
                 io::ErrorKind::PermissionDenied => {
                     dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
@@ -209,7 +218,27 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || source::run_loop(src, &cfg, tx, free_rx, metrics, &shutdown))
+            .spawn(move || match cfg.format {
+                files::FileFormat::Pcap => {
+                    let out = source::Output {
+                        records: format::PcapRecords,
+                        overhead,
+                        keylog: None,
+                    };
+                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+                }
+                files::FileFormat::Pcapng => {
+                    let out = source::Output {
+                        records: format::PcapngRecords::new(&cfg, linktype),
+                        overhead,
+                        keylog: cfg
+                            .tls_keylog
+                            .clone()
+                            .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
+                    };
+                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+                }
+            })
             .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
     };
     let end = capture_thread

@@ -34,6 +34,7 @@ use super::config::UploadConfig;
 use super::ledger::{self, FileLock, Ledger, LockOutcome};
 use super::retry::{self, RetryAction, TransportError};
 use super::state::Candidate;
+use crate::capture::files::FileFormat;
 
 pub const PCAP_MEDIA_TYPE: &str = "application/vnd.tcpdump.pcap";
 const CHUNK: usize = 64 * 1024;
@@ -580,7 +581,7 @@ impl Engine {
             let (fname, mime) = if cfg.gzip {
                 (format!("{}.gz", c.name), "application/gzip")
             } else {
-                (c.name.clone(), PCAP_MEDIA_TYPE)
+                (c.name.clone(), FileFormat::media_type_of(&c.name))
             };
             let part =
                 reqwest::multipart::Part::stream_with_length(body, prep.body_len).file_name(fname);
@@ -591,7 +592,7 @@ impl Engine {
             req = req.multipart(reqwest::multipart::Form::new().part(field.clone(), part));
         } else {
             req = req
-                .header(header::CONTENT_TYPE, PCAP_MEDIA_TYPE)
+                .header(header::CONTENT_TYPE, FileFormat::media_type_of(&c.name))
                 .header(header::CONTENT_LENGTH, prep.body_len)
                 .header(
                     header::CONTENT_DISPOSITION,
