@@ -7,6 +7,7 @@ mod docs;
 mod faults;
 mod helpers;
 mod nginx;
+mod pcapng;
 mod receiver;
 mod security;
 mod upload;
