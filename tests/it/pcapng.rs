@@ -402,3 +402,73 @@ fn pcapng_uploads_as_application_x_pcapng() {
     assert_eq!(got[0].header("x-sidecap-file"), Some(name.as_str()));
     assert_eq!(got[0].body, std::fs::read(&f).unwrap());
 }
+
+// Ignored until the writer's disk-full fix (helper `hardcap`) lands: today a partial write is
+// truncated away but the file offset stays past it, so the next write leaves a hole of zeros (a
+// pcapng reader stops there). With the offset put back, this passes; without the kept interface
+// block it fails with tshark's "interface index 1 is not less than section interface count 1".
+#[test]
+#[ignore = "needs the writer's disk-full offset fix (hardcap)"]
+fn disk_full_at_a_files_first_packets_keeps_their_interface_for_the_packets_after() {
+    require_root();
+    let base = tempdir();
+    let mnt = base.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(mnt.clone());
+    let port = unique_port();
+    let mut cmd = ng_capture(&mnt, port);
+    cmd.args(["--flush-interval", "100ms"]);
+    let (p, addr) = start_capture(&mut cmd);
+    // Fill the disk before the first packet: the buffer that describes `lo` is dropped.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    send_udp(port, 100, 1000);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        metric(&addr, "sidecap_disk_dropped_packets_total") > 0,
+        "the first packets are dropped:\n{}",
+        p.log_text()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..50u32 {
+        let mut b = (1_000_000 + i).to_be_bytes().to_vec();
+        b.resize(200, 0);
+        s.send_to(&b, ("127.0.0.1", port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop(p);
+    let f = &ng_files(&mnt)[0];
+    // Without the kept interface block, tshark stops at the first packet after the episode
+    // ("interface ID ... out of range" / damaged file) and our walker too.
+    let names = tshark_fields(f, None, "frame.interface_name");
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n == "lo"),
+        "{names:?}"
+    );
+    let (sc, _) = sidecap::pcapng::scan_extra(std::fs::File::open(f).unwrap()).unwrap();
+    assert!(sc.is_clean(), "{sc:?}");
+    assert!(udp_seqs(f, port).ends_with(&(1_000_000..1_000_050).collect::<Vec<_>>()));
+}
