@@ -259,6 +259,9 @@ pub struct PcapngFraming {
     header: Vec<u8>,
     units: u64,
     at_open: Counters,
+    /// Where the last finished file's counts ended: the next file starts there, so the files'
+    /// statistics add up to the whole capture's.
+    next_open: Option<Counters>,
     salvage: Vec<u8>,
     salvaged_secrets: usize,
 }
@@ -303,7 +306,7 @@ impl Framing {
         match self {
             Framing::Pcap(h) => h.to_vec(),
             Framing::Pcapng(p) => {
-                p.at_open = p.counters(m);
+                p.at_open = p.next_open.take().unwrap_or_else(|| p.counters(m));
                 p.header.clone()
             }
         }
@@ -315,6 +318,7 @@ impl Framing {
             Framing::Pcap(_) => Vec::new(),
             Framing::Pcapng(p) => {
                 let now = p.counters(m);
+                p.next_open = Some(now);
                 p.isb(&now)
             }
         }
@@ -370,6 +374,7 @@ impl PcapngFraming {
             header,
             units: if cfg.nano { 1_000_000_000 } else { 1_000_000 },
             at_open: Counters::default(),
+            next_open: None,
             salvage: Vec::new(),
             salvaged_secrets: 0,
         }
