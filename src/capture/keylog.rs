@@ -240,7 +240,7 @@ mod tests {
     const L2: &str = "CLIENT_TRAFFIC_SECRET_0 1111223344556677889900112233445566778899001122334455667788990011 eeff";
 
     fn poll(k: &mut Keylog) -> String {
-        // Far enough ahead that the path is always checked.
+        // Due now: this poll looks at the path again.
         k.next_check = Instant::now();
         String::from_utf8(k.poll(Instant::now())).unwrap()
     }
