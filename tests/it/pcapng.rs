@@ -106,6 +106,15 @@ fn pcapng_carries_pod_identity_interface_names_filter_and_statistics() {
     assert_eq!(names.len(), 50);
     assert!(names.iter().all(|n| n == "lo"), "{names:?}");
     assert_eq!(udp_seqs(f, port), (0..50).collect::<Vec<_>>());
+    // Timestamps in nanosecond units read back as now, not 1000x off.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for t in tshark_fields(f, None, "frame.time_epoch") {
+        let t: f64 = t.parse().unwrap();
+        assert!((now - t).abs() < 120.0, "packet time {t}, now {now}");
+    }
 
     // The statistics block: this file's counts.
     let isb = block_fields(
