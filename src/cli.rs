@@ -182,6 +182,19 @@ pub struct CaptureArgs {
     #[arg(skip)]
     pub log_format: LogFormat,
 
+    /// Output file format. pcapng files also carry the Pod's identity (POD_NAME, POD_NAMESPACE,
+    /// POD_UID, NODE_NAME, CONTAINER_IMAGE), interface names, per-file statistics and TLS
+    /// secrets (--tls-keylog); pcap is what tcpdump writes and the oldest tools read.
+    #[arg(long, env = "SIDECAP_FORMAT", value_enum, default_value_t = crate::capture::files::FileFormat::Pcap)]
+    pub format: crate::capture::files::FileFormat,
+
+    /// Follow this NSS key log file (SSLKEYLOGFILE, written by the app into the shared volume)
+    /// and embed each new TLS secret in the pcapng file before the packets that follow, so
+    /// Wireshark decrypts with no setup. The file may appear later, grow, or be replaced.
+    /// Needs --format pcapng. Anyone who can read the capture files can decrypt the traffic.
+    #[arg(long, env = "SIDECAP_TLS_KEYLOG")]
+    pub tls_keylog: Option<PathBuf>,
+
     /// BPF filter expression, as trailing words like tcpdump (`sidecap capture -i lo udp port 53`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = false)]
     pub expression: Vec<String>,

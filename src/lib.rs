@@ -14,6 +14,7 @@ pub mod exit;
 pub mod logging;
 pub mod metrics;
 pub mod pcapfile;
+pub mod pcapng;
 pub mod process;
 pub mod repair;
 pub mod term;

@@ -7,7 +7,8 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use crate::exit::{self, ExitStatus};
-use crate::pcapfile::{scan_file, Scan, ScanError};
+use crate::pcapfile::{Scan, ScanError};
+use crate::pcapng::scan_any_file as scan_file;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RepairArgs {

@@ -22,7 +22,7 @@ use runner::{Ctx, Link, RunResult};
 use tools::Tool;
 
 const USAGE: &str = "usage:
-  sidecap-bench run [--reps N] [--tools sidecap,tcpdump,dumpcap] [--only NAME,..] [--quick]
+  sidecap-bench run [--reps N] [--tools sidecap,sidecap-pcapng,tcpdump,dumpcap] [--only NAME,..] [--quick]
                     [--sidecap PATH] [--out DIR] [--work DIR] [--buffer-mib N] [--snaplen N]
   sidecap-bench ci  [--sidecap PATH] [--out DIR] [--work DIR]
   sidecap-bench gen --dst IP:PORT --size BYTES --count N [--rate PPS] [--batch N] [--threads N]

@@ -23,6 +23,9 @@ pub fn count(path: &Path) -> std::io::Result<Option<FileCount>> {
     if r.read_exact(&mut hdr).is_err() {
         return Ok(None);
     }
+    if hdr[..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
+        return count_pcapng(r, hdr, len).map(Some);
+    }
     let magic = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let le = match magic {
         0xa1b2_c3d4 | 0xa1b2_3c4d => true,
@@ -64,6 +67,59 @@ pub fn count(path: &Path) -> std::io::Result<Option<FileCount>> {
         out.packets += 1;
     }
     Ok(Some(out))
+}
+
+/// Counts the Enhanced Packet Blocks of a pcapng file (`--format pcapng`), checking that every
+/// block is complete and framed by equal lengths. `hdr` holds the file's first 24 bytes.
+fn count_pcapng(mut r: BufReader<File>, hdr: [u8; 24], len: u64) -> std::io::Result<FileCount> {
+    let le = hdr[8..12] == [0x4d, 0x3c, 0x2b, 0x1a];
+    let rd = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut out = FileCount {
+        bytes: len,
+        ..Default::default()
+    };
+    let mut pos: u64 = 0;
+    let mut block = hdr.to_vec();
+    loop {
+        if pos == len {
+            break;
+        }
+        if len - pos < 12 {
+            out.problem = Some(format!("torn block header at byte {pos}"));
+            break;
+        }
+        if block.len() < 8 {
+            let have = block.len();
+            block.resize(8, 0);
+            r.read_exact(&mut block[have..])?;
+        }
+        let (ty, total) = (rd(&block[0..4]), rd(&block[4..8]) as u64);
+        // The first block (the section header, at least 28 bytes) holds the 24 read ahead.
+        if total < block.len() as u64 || total < 12 || total % 4 != 0 || total > len - pos {
+            out.problem = Some(format!("bad or torn block of {total} bytes at byte {pos}"));
+            break;
+        }
+        let have = block.len();
+        block.resize(total as usize, 0);
+        r.read_exact(&mut block[have..])?;
+        if rd(&block[total as usize - 4..]) as u64 != total {
+            out.problem = Some(format!("block lengths differ at byte {pos}"));
+            break;
+        }
+        if ty == 6 || ty == 3 {
+            out.packets += 1;
+        }
+        pos += total;
+        block.clear();
+    }
+    Ok(out)
 }
 
 /// Sums the pcap files of a directory. Files that are not pcap (markers, locks) are skipped.

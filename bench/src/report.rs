@@ -41,7 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn aggregate(scenarios: &[Scenario], runs: &[RunResult]) -> Vec<Agg> {
     let mut out = Vec::new();
     for sc in scenarios {
-        for tool in ["sidecap", "tcpdump", "dumpcap"] {
+        for tool in ["sidecap", "sidecap-pcapng", "tcpdump", "dumpcap"] {
             let rs: Vec<&RunResult> = runs
                 .iter()
                 .filter(|r| r.scenario == sc.name && r.tool == tool)
@@ -157,6 +157,28 @@ pub fn markdown(scenarios: &[Scenario], aggs: &[Agg]) -> String {
                 a.cpu_per_mpkt / b.cpu_per_mpkt,
                 a.rss_mib,
                 b.rss_mib
+            );
+        }
+    }
+    let ng: Vec<(&Agg, &Agg)> = scenarios
+        .iter()
+        .filter_map(|sc| {
+            let get = |t: &str| aggs.iter().find(|a| a.scenario == sc.name && a.tool == t);
+            Some((get("sidecap-pcapng")?, get("sidecap")?))
+        })
+        .collect();
+    if !ng.is_empty() {
+        s += "\nsidecap pcapng / pcap format (medians; CPU < 1 means pcapng spent less per captured packet):\n\n| scenario | capture ratio pcapng | capture ratio pcap | CPU per packet pcapng/pcap | written MB/s pcapng / pcap |\n|---|--:|--:|--:|--:|\n";
+        for (a, b) in ng {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2}x | {:.1} / {:.1} |",
+                a.scenario,
+                pct(a.ratio),
+                pct(b.ratio),
+                a.cpu_per_mpkt / b.cpu_per_mpkt,
+                a.write_mbps,
+                b.write_mbps
             );
         }
     }

@@ -292,7 +292,7 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
     };
     let mut metrics_written = None;
     let mut problems = Vec::new();
-    if tool == Tool::Sidecap {
+    if tool.is_sidecap() {
         if let Some(addr) = running.admin.clone() {
             // Written catches up with captured within a flush interval (1 s).
             let t0 = Instant::now();
@@ -332,7 +332,7 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
     if files.is_empty() {
         problems.push("no capture file".into());
     }
-    if tool == Tool::Sidecap {
+    if tool.is_sidecap() {
         let marker = std::fs::read_to_string(dir.join("cap.done")).unwrap_or_default();
         marker_written = tools::json_u64(&marker, "packets_written");
         match marker_written {

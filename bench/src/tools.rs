@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     Sidecap,
+    /// sidecap writing pcapng (`--format pcapng`): its CPU cost against classic pcap.
+    SidecapPcapng,
     Tcpdump,
     Dumpcap,
 }
@@ -19,20 +21,31 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Sidecap => "sidecap",
+            Tool::SidecapPcapng => "sidecap-pcapng",
             Tool::Tcpdump => "tcpdump",
             Tool::Dumpcap => "dumpcap",
         }
     }
 
     pub fn parse(s: &str) -> Option<Tool> {
-        [Tool::Sidecap, Tool::Tcpdump, Tool::Dumpcap]
-            .into_iter()
-            .find(|t| t.name() == s)
+        [
+            Tool::Sidecap,
+            Tool::SidecapPcapng,
+            Tool::Tcpdump,
+            Tool::Dumpcap,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+    }
+
+    /// Either sidecap format: same binary, admin server, done marker.
+    pub fn is_sidecap(self) -> bool {
+        matches!(self, Tool::Sidecap | Tool::SidecapPcapng)
     }
 
     pub fn installed(self, sidecap: &Path) -> bool {
         match self {
-            Tool::Sidecap => sidecap.exists(),
+            Tool::Sidecap | Tool::SidecapPcapng => sidecap.exists(),
             t => Command::new("sh")
                 .args(["-c", &format!("command -v {}", t.name())])
                 .stdout(Stdio::null())
@@ -84,7 +97,7 @@ pub fn start(
     }
     let d = dir.display();
     match tool {
-        Tool::Sidecap => {
+        Tool::Sidecap | Tool::SidecapPcapng => {
             argv.push(sidecap.display().to_string());
             argv.extend(
                 [
@@ -108,6 +121,9 @@ pub fn start(
             );
             if let Some(mb) = spec.rotate_mb {
                 argv.extend(["-C".into(), format!("{mb}MB")]);
+            }
+            if tool == Tool::SidecapPcapng {
+                argv.extend(["--format".into(), "pcapng".into()]);
             }
             argv.push("--filter".into());
             argv.push(spec.filter.clone());
@@ -198,7 +214,7 @@ impl Running {
     fn pump(&mut self, wait: Duration) -> bool {
         match self.lines.recv_timeout(wait) {
             Ok(l) => {
-                if self.tool == Tool::Sidecap && l.contains("Admin server listening") {
+                if self.tool.is_sidecap() && l.contains("Admin server listening") {
                     self.admin = json_str(&l, "addr");
                 }
                 self.log.push(l);
@@ -210,7 +226,7 @@ impl Running {
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let needle = match self.tool {
-            Tool::Sidecap => "Capture is live.",
+            Tool::Sidecap | Tool::SidecapPcapng => "Capture is live.",
             Tool::Tcpdump => "listening on",
             Tool::Dumpcap => "Capturing on",
         };
@@ -304,7 +320,7 @@ pub fn json_u64(text: &str, key: &str) -> Option<u64> {
 /// Kernel drops as the tool reports them at exit.
 pub fn reported_drops(tool: Tool, log: &[String], dir: &Path) -> Option<u64> {
     match tool {
-        Tool::Sidecap => {
+        Tool::Sidecap | Tool::SidecapPcapng => {
             let m = std::fs::read_to_string(dir.join("cap.done")).ok()?;
             let k = &m[m.find("\"kernel\"")?..];
             json_u64(k, "dropped")

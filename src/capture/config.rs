@@ -40,6 +40,9 @@ pub struct CaptureConfig {
     /// No status line and no exit summary.
     pub quiet: bool,
     pub log_format: LogFormat,
+    pub format: super::files::FileFormat,
+    /// NSS key log to follow (pcapng only).
+    pub tls_keylog: Option<std::path::PathBuf>,
 }
 
 fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -150,6 +153,15 @@ impl CaptureConfig {
             "--wait-for-interface",
             parse_duration(&a.wait_for_interface),
         )?;
+        if a.tls_keylog.is_some() && a.format != super::files::FileFormat::Pcapng {
+            return Err("--tls-keylog needs --format pcapng: only pcapng files can carry TLS secrets (classic pcap has no place for them)".into());
+        }
+        if a.tls_keylog
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("--tls-keylog: must not be empty".into());
+        }
         Ok(CaptureConfig {
             interface: a.interface.clone(),
             dir: a.dir.clone(),
@@ -174,6 +186,8 @@ impl CaptureConfig {
             stdout,
             quiet: a.quiet,
             log_format: a.log_format,
+            format: a.format,
+            tls_keylog: a.tls_keylog.clone(),
         })
     }
 }
@@ -239,6 +253,18 @@ mod tests {
         assert!(c.filter.is_none());
         assert!(!c.quiet && !c.stdout);
         assert!(cfg(&["-q"]).unwrap().quiet);
+        assert_eq!(c.format, super::super::files::FileFormat::Pcap);
+    }
+
+    #[test]
+    fn tls_keylog_needs_pcapng() {
+        let e = cfg(&["--tls-keylog", "/x/keys"]).unwrap_err();
+        assert!(e.contains("--tls-keylog needs --format pcapng"), "{e}");
+        let c = cfg(&["--format", "pcapng", "--tls-keylog", "/x/keys"]).unwrap();
+        assert_eq!(
+            c.tls_keylog.as_deref(),
+            Some(std::path::Path::new("/x/keys"))
+        );
     }
 
     #[test]

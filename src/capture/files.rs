@@ -1,8 +1,9 @@
 //! The file contract on the shared volume, which the uploader and users rely on:
 //!
-//! - A file being written is `<prefix>-<UTC YYYYMMDDTHHMMSSZ>-<seq>.pcap.part`. When it is
-//!   complete (rotation or shutdown) it is fsynced and renamed to `.pcap`. Nothing but the ring
-//!   bound ever deletes a `.pcap`, and nothing renames one.
+//! - A file being written is `<prefix>-<UTC YYYYMMDDTHHMMSSZ>-<seq>.pcap.part` (`.pcapng.part`
+//!   with `--format pcapng`). When it is complete (rotation or shutdown) it is fsynced and
+//!   renamed to `.pcap` (`.pcapng`). Nothing but the ring bound ever deletes a finished file,
+//!   and nothing renames one. [`FileFormat::of_name`] is the one place that reads a suffix.
 //! - `<seq>` continues across restarts in the same directory (max existing + 1) and files are
 //!   created with O_EXCL, so a restarted capture never overwrites or appends to an old file.
 //! - `<prefix>.lock` is flock(2)ed by the running capture for its whole life. A free lock with
@@ -26,6 +27,56 @@ use serde::{Deserialize, Serialize};
 /// uploader sidecar that shares our group (fsGroup) read the files.
 pub const FILE_MODE: u32 = 0o640;
 
+/// The two file formats, told apart by their name suffix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FileFormat {
+    /// Classic libpcap format: what tcpdump writes and every tool reads.
+    #[default]
+    Pcap,
+    /// pcapng: Pod identity, interface names, statistics and TLS secrets inside the file.
+    Pcapng,
+}
+
+impl FileFormat {
+    /// The suffix of a finished file (a file being written adds `.part`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            FileFormat::Pcap => ".pcap",
+            FileFormat::Pcapng => ".pcapng",
+        }
+    }
+
+    /// The media type an upload of such a file carries.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            FileFormat::Pcap => "application/vnd.tcpdump.pcap",
+            FileFormat::Pcapng => "application/x-pcapng",
+        }
+    }
+
+    /// Splits a capture file name into (stem, format, finished), for both sides of the
+    /// contract: the writer names files, the uploader lists them.
+    pub fn of_name(name: &str) -> Option<(&str, FileFormat, bool)> {
+        let (rest, finished) = match name.strip_suffix(".part") {
+            Some(r) => (r, false),
+            None => (name, true),
+        };
+        [FileFormat::Pcapng, FileFormat::Pcap]
+            .into_iter()
+            .find_map(|f| {
+                rest.strip_suffix(f.suffix())
+                    .map(|stem| (stem, f, finished))
+            })
+    }
+
+    /// The media type for a file name (pcap for names that are not ours).
+    pub fn media_type_of(name: &str) -> &'static str {
+        Self::of_name(name)
+            .map_or(FileFormat::Pcap, |(_, f, _)| f)
+            .media_type()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub dir: PathBuf,
@@ -38,7 +89,7 @@ pub struct CaptureFile {
     pub path: PathBuf,
     pub name: String,
     pub seq: u64,
-    /// `.pcap` (complete) rather than `.pcap.part`.
+    /// `.pcap`/`.pcapng` (complete) rather than `.part`.
     pub finished: bool,
     pub size: u64,
     /// What it is when it is not a regular file (a planted link, a FIFO): never opened, but
@@ -54,8 +105,9 @@ impl Layout {
         }
     }
 
-    pub fn part_name(&self, at: SystemTime, seq: u64) -> String {
-        format!("{}-{}-{seq:06}.pcap.part", self.prefix, compact_utc(at))
+    pub fn part_name(&self, at: SystemTime, seq: u64, format: FileFormat) -> String {
+        let (prefix, ts, ext) = (&self.prefix, compact_utc(at), format.suffix());
+        format!("{prefix}-{ts}-{seq:06}{ext}.part")
     }
 
     pub fn marker_path(&self) -> PathBuf {
@@ -69,10 +121,7 @@ impl Layout {
     /// Parses one of our file names: returns (seq, finished).
     pub fn parse_name(&self, name: &str) -> Option<(u64, bool)> {
         let rest = name.strip_prefix(&self.prefix)?.strip_prefix('-')?;
-        let (rest, finished) = match rest.strip_suffix(".pcap.part") {
-            Some(r) => (r, false),
-            None => (rest.strip_suffix(".pcap")?, true),
-        };
+        let (rest, _, finished) = FileFormat::of_name(rest)?;
         let (ts, seq) = rest.split_once('-')?;
         let ts_ok = ts.len() == 16
             && ts.as_bytes()[8] == b'T'
@@ -381,8 +430,18 @@ mod tests {
     fn names_round_trip() {
         let l = Layout::new("/x", "my-cap");
         let t = UNIX_EPOCH + Duration::from_secs(1_795_362_083);
-        let n = l.part_name(t, 7);
+        let n = l.part_name(t, 7, FileFormat::Pcap);
         assert_eq!(n, "my-cap-20261122T154123Z-000007.pcap.part");
+        let ng = l.part_name(t, 8, FileFormat::Pcapng);
+        assert_eq!(ng, "my-cap-20261122T154123Z-000008.pcapng.part");
+        assert_eq!(l.parse_name(&ng), Some((8, false)));
+        assert_eq!(l.parse_name(ng.trim_end_matches(".part")), Some((8, true)));
+        assert_eq!(l.parse_name("my-cap-20261122T154123Z-000008.pcapngx"), None);
+        assert_eq!(FileFormat::media_type_of(&ng), "application/x-pcapng");
+        assert_eq!(
+            FileFormat::media_type_of("my-cap-20261122T154123Z-000007.pcap"),
+            "application/vnd.tcpdump.pcap"
+        );
         assert_eq!(l.parse_name(&n), Some((7, false)));
         assert_eq!(l.parse_name(n.trim_end_matches(".part")), Some((7, true)));
         assert_eq!(l.parse_name("my-cap.done"), None);

@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod files;
+pub mod format;
 pub mod interfaces;
+pub mod keylog;
 pub mod output;
 pub mod report;
 pub mod rotate;
@@ -23,7 +25,6 @@ use crate::admin;
 use crate::cli::{CaptureArgs, LogFormat};
 use crate::exit::{self, ExitStatus};
 use crate::metrics::CaptureMetrics;
-use crate::pcapfile;
 use crate::process::Shutdown;
 use config::CaptureConfig;
 use files::{CaptureLock, DoneMarker, Layout, LockError, Ring};
@@ -158,23 +159,30 @@ fn claim_directory(cfg: &CaptureConfig) -> Result<(Layout, CaptureLock), Capture
     Ok((layout, lock))
 }
 
+/// Secrets repeated at the start of every file: at most 1 MiB, and at most a quarter of a file
+/// so that carrying them never turns size rotation into one file per packet.
+fn max_carried_secrets(cfg: &CaptureConfig) -> usize {
+    const MAX: u64 = 1 << 20;
+    cfg.rotate.size.map_or(MAX, |s| (s / 4).min(MAX)) as usize
+}
+
 /// The writer thread's sink: the first file (created now, so a read-only directory fails
-/// before the capture reports ready) or stdout with the pcap header already written.
+/// before the capture reports ready) or stdout with the file header already written.
 fn open_sink(
     cfg: &CaptureConfig,
     dest: &Dest,
-    linktype: u32,
+    mut framing: format::Framing,
     metrics: &Arc<CaptureMetrics>,
     shutdown: &Shutdown,
 ) -> Result<Sink, CaptureError> {
-    let header = pcapfile::file_header(linktype, cfg.snaplen, cfg.nano);
     let Dest::Dir(layout) = dest else {
-        let s = stdout::StdoutSink::create(header, metrics.clone(), shutdown.clone())?;
+        let header = framing.header(metrics);
+        let s = stdout::StdoutSink::create(&header, metrics.clone(), shutdown.clone())?;
         return Ok(Sink::Stdout(s));
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
     let writer =
-        Writer::create(layout.clone(), header, ring, metrics.clone()).map_err(|e| {
+        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
             match e.io_kind() {
                 io::ErrorKind::PermissionDenied => {
                     dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
@@ -225,7 +233,9 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     source::wait_for_interface(&cfg, &shutdown);
     let src = source::open(&cfg)?;
     let linktype = src.linktype;
-    let writer = open_sink(&cfg, &dest, linktype, &metrics, &shutdown)?;
+    let framing = format::Framing::new(&cfg, linktype);
+    let overhead = framing.overhead();
+    let writer = open_sink(&cfg, &dest, framing, &metrics, &shutdown)?;
     drop_capabilities_after_open(dest.dir())?;
     let first_path = writer.current_path();
     let first = first_path
@@ -255,7 +265,27 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || source::run_loop(src, &cfg, tx, free_rx, metrics, &shutdown))
+            .spawn(move || match cfg.format {
+                files::FileFormat::Pcap => {
+                    let out = source::Output {
+                        records: format::PcapRecords,
+                        overhead,
+                        keylog: None,
+                    };
+                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+                }
+                files::FileFormat::Pcapng => {
+                    let out = source::Output {
+                        records: format::PcapngRecords::new(&cfg, linktype),
+                        overhead,
+                        keylog: cfg
+                            .tls_keylog
+                            .clone()
+                            .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
+                    };
+                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+                }
+            })
             .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
     };
     let status = start_terminal_ui(&cfg, &metrics, &dest, first_path, &shutdown);

@@ -17,11 +17,12 @@ use pcap::{Active, Capture, Device, Precision};
 
 use super::config::CaptureConfig;
 use super::files::KernelStats;
+use super::format::Records;
+use super::keylog::Keylog;
 use super::rotate::RotatePolicy;
 use super::writer::Msg;
 use super::CaptureError;
 use crate::metrics::{CaptureMetrics, WrappingCounter};
-use crate::pcapfile::{push_record, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::process::{drain_waker, Shutdown};
 
 /// Size of one write buffer: big sequential writes, ~4700 small packets per syscall.
@@ -166,13 +167,26 @@ pub struct LoopEnd {
     pub packets_captured: u64,
 }
 
+/// What the capture thread writes: the record format (chosen once, a type parameter so the
+/// per-packet path has no format branch), the bytes of a file that are not records, and the
+/// key log whose secrets go in-band (pcapng only).
+pub struct Output<F: Records> {
+    pub records: F,
+    /// Header and trailer bytes of a file (see [`super::format::Framing::overhead`]).
+    pub overhead: u64,
+    pub keylog: Option<Keylog>,
+}
+
 /// Accumulates records into the current buffer and hands full buffers to the writer.
-struct Batcher {
+struct Batcher<F: Records> {
     buf: Vec<u8>,
     buf_packets: u64,
     /// Bytes in the current file as the writer will see them (for size rotation).
     file_len: u64,
+    /// The current file has a packet (a file always takes at least one).
+    file_has_packets: bool,
     file_opened: Instant,
+    out: Output<F>,
     policy: RotatePolicy,
     tx: Sender<Msg>,
     free: Receiver<Vec<u8>>,
@@ -187,20 +201,20 @@ struct Batcher {
     past_cutoff: bool,
 }
 
-impl Batcher {
+impl<F: Records> Batcher<F> {
     #[inline]
     fn on_packet(&mut self, h: &pcap::PacketHeader, data: &[u8]) {
-        let rec = (RECORD_HEADER_LEN + data.len()) as u64;
-        if self.policy.size_exceeded(self.file_len, rec) {
+        let rec = F::record_len(data.len());
+        if self.file_has_packets && self.policy.size_exceeded(self.file_len, rec) {
             self.rotate();
         }
         if self.buf.len() + rec as usize > self.buf.capacity() {
             self.hand_over();
         }
         let (sec, frac) = (h.ts.tv_sec as u32, h.ts.tv_usec as u32);
-        push_record(&mut self.buf, sec, frac, h.caplen, h.len, data);
+        self.file_len += self.out.records.push(&mut self.buf, h, data);
+        self.file_has_packets = true;
         self.buf_packets += 1;
-        self.file_len += rec;
         self.packets += 1;
         self.bytes += data.len() as u64;
         if let Some(c) = self.cutoff {
@@ -239,8 +253,23 @@ impl Batcher {
     fn rotate(&mut self) {
         self.hand_over();
         self.send(Msg::Rotate);
-        self.file_len = FILE_HEADER_LEN as u64;
+        self.file_len = self.out.overhead;
+        self.file_has_packets = false;
         self.file_opened = Instant::now();
+        self.out.records.new_file();
+        // Every file carries the secrets known so far, so each one decrypts on its own.
+        if let Some(k) = &self.out.keylog {
+            let carried = k.carried();
+            self.file_len += self.out.records.secrets(&mut self.buf, &carried);
+        }
+    }
+
+    /// Secrets the app wrote since the last look go in before the packets read next.
+    fn poll_keylog(&mut self) {
+        if let Some(k) = self.out.keylog.as_mut() {
+            let new = k.poll(Instant::now());
+            self.file_len += self.out.records.secrets(&mut self.buf, &new);
+        }
     }
 
     fn publish(&mut self) {
@@ -273,9 +302,10 @@ impl Stats {
 
 /// Runs the capture loop until a stop condition, then drains what the kernel holds. Dropping
 /// the sender at the end tells the writer to finalize.
-pub fn run_loop(
+pub fn run_loop<F: Records>(
     mut src: Source,
     cfg: &CaptureConfig,
+    out: Output<F>,
     tx: Sender<Msg>,
     free: Receiver<Vec<u8>>,
     metrics: Arc<CaptureMetrics>,
@@ -287,8 +317,10 @@ pub fn run_loop(
     let mut b = Batcher {
         buf: Vec::with_capacity(BUF_SIZE),
         buf_packets: 0,
-        file_len: FILE_HEADER_LEN as u64,
+        file_len: out.overhead,
+        file_has_packets: false,
         file_opened: Instant::now(),
+        out,
         policy: cfg.rotate,
         tx,
         free,
@@ -322,6 +354,7 @@ pub fn run_loop(
             break;
         }
         let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
+        b.poll_keylog();
         let n = match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
             Ok(n) => n,
             Err(e) => {
@@ -415,6 +448,7 @@ pub fn run_loop(
             if limit == Some(0) {
                 break;
             }
+            b.poll_keylog();
             match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
                 Ok(0) => {
                     let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
@@ -438,6 +472,13 @@ pub fn run_loop(
     }
     stats.refresh(&mut src.cap, &metrics);
     b.hand_over();
+    if let Some(k) = &b.out.keylog {
+        tracing::info!(
+            secrets = k.secrets_read,
+            lines_skipped = k.lines_skipped,
+            "TLS secrets embedded from the key log."
+        );
+    }
     drop(b); // closes the channel: the writer finalizes
     let kernel = KernelStats {
         received: metrics.kernel_received.load(Relaxed),

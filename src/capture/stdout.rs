@@ -19,7 +19,6 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::writer::{Msg, WriterSummary};
 use crate::metrics::CaptureMetrics;
-use crate::pcapfile::FILE_HEADER_LEN;
 use crate::process::{Shutdown, StopReason};
 
 /// Why the stream to stdout cannot start.
@@ -29,7 +28,7 @@ pub enum StdoutError {
     Terminal,
     #[error("-w -: cannot use stdout")]
     Dup(#[source] io::Error),
-    #[error("-w -: cannot write the pcap header to stdout")]
+    #[error("-w -: cannot write the file header to stdout")]
     Header(#[source] io::Error),
 }
 
@@ -59,7 +58,7 @@ impl StdoutSink {
     /// a reader such as `wireshark -k -i -` can start before the first packet. A reader already
     /// gone at this point is the same normal end as later.
     pub fn create(
-        header: [u8; FILE_HEADER_LEN],
+        header: &[u8],
         metrics: Arc<CaptureMetrics>,
         shutdown: Shutdown,
     ) -> Result<StdoutSink, StdoutError> {
@@ -77,7 +76,7 @@ impl StdoutSink {
             summary: WriterSummary::default(),
             closed: false,
         };
-        match sink.out.write_all(&header) {
+        match sink.out.write_all(header) {
             Ok(()) => {
                 sink.summary.bytes_written = header.len() as u64;
                 sink.metrics

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::files::{self, CaptureFile, Layout, Ring, FILE_MODE};
+use super::format::Framing;
 use crate::metrics::CaptureMetrics;
-use crate::pcapfile::FILE_HEADER_LEN;
 
 /// Messages from the capture thread, in stream order.
 pub enum Msg {
@@ -76,7 +76,8 @@ struct OpenFile {
 
 pub struct Writer {
     layout: Layout,
-    header: [u8; FILE_HEADER_LEN],
+    /// File header and trailer of the output format.
+    framing: Framing,
     ring: Ring,
     metrics: Arc<CaptureMetrics>,
     next_seq: u64,
@@ -112,7 +113,7 @@ impl Writer {
     /// continues after them.
     pub fn create(
         layout: Layout,
-        header: [u8; FILE_HEADER_LEN],
+        framing: Framing,
         ring: Ring,
         metrics: Arc<CaptureMetrics>,
     ) -> Result<Writer, WriteError> {
@@ -123,7 +124,7 @@ impl Writer {
         let mut w = Writer {
             next_seq: existing.iter().map(|f| f.seq + 1).max().unwrap_or(1),
             layout,
-            header,
+            framing,
             ring,
             metrics,
             current: None,
@@ -178,7 +179,7 @@ impl Writer {
                         self.metrics
                             .queue_bytes
                             .fetch_sub(buf.len() as u64, Relaxed);
-                        self.write(&buf, packets)?;
+                        self.write_framed(&buf, packets)?;
                         buf.clear();
                         let _ = free.try_send(buf);
                     }
@@ -270,6 +271,28 @@ impl Writer {
         }
     }
 
+    /// [`Writer::write`], keeping the in-band blocks of a buffer it could not write (see
+    /// [`Framing::dropped`]) and writing them before the next one.
+    fn write_framed(&mut self, buf: &[u8], packets: u64) -> Result<(), WriteError> {
+        if let Some(kept) = self.framing.take_salvage() {
+            let before = self.summary.bytes_written;
+            self.write(&kept, 0)?;
+            if self.summary.bytes_written == before {
+                // Still no room: packets after them would refer to what is missing.
+                self.framing.dropped(&kept);
+                self.framing.dropped(buf);
+                self.dropped(packets, "disk full");
+                return Ok(());
+            }
+        }
+        let before = self.summary.bytes_written;
+        self.write(buf, packets)?;
+        if self.summary.bytes_written == before && !buf.is_empty() {
+            self.framing.dropped(buf);
+        }
+        Ok(())
+    }
+
     fn dropped(&mut self, packets: u64, why: &str) {
         self.summary.disk_dropped_packets += packets;
         self.metrics
@@ -343,10 +366,13 @@ impl Writer {
     /// never leaves a `.pcap.part` without a complete header, and link(2) fails rather than
     /// replace a file that exists.
     fn open_next(&mut self) -> Result<(), WriteError> {
-        self.enforce_bound(1, FILE_HEADER_LEN as u64);
-        let name = self.layout.part_name(SystemTime::now(), self.next_seq);
+        self.enforce_bound(1, self.framing.header_len());
+        let name = self
+            .layout
+            .part_name(SystemTime::now(), self.next_seq, self.framing.format());
         let path = self.layout.dir.join(&name);
         let tmp = self.layout.dir.join(format!(".{name}.tmp"));
+        let header = self.framing.header(&self.metrics);
         let create = || -> io::Result<File> {
             // A leftover from a killed run is ours to replace: we hold the directory lock.
             let _ = fs::remove_file(&tmp);
@@ -356,7 +382,7 @@ impl Writer {
                 .mode(FILE_MODE)
                 .open(&tmp)?;
             let linked = f
-                .write_all(&self.header)
+                .write_all(&header)
                 .and_then(|_| fs::hard_link(&tmp, &path));
             let _ = fs::remove_file(&tmp);
             linked.map(|_| f)
@@ -370,10 +396,33 @@ impl Writer {
         self.current = Some(OpenFile {
             file: Arc::new(file),
             path,
-            len: FILE_HEADER_LEN as u64,
+            len: header.len() as u64,
             dirty: true,
         });
         Ok(())
+    }
+
+    /// Appends the format's trailer (pcapng statistics). On any error the file is cut back to
+    /// its last block and finished without it: it stays valid.
+    fn write_trailer(&mut self) {
+        if self.current.is_none() {
+            return;
+        }
+        let trailer = self.framing.trailer(&self.metrics);
+        if trailer.is_empty() {
+            return;
+        }
+        self.enforce_bound(0, trailer.len() as u64);
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        match (&*cur.file).write_all(&trailer) {
+            Ok(()) => cur.len += trailer.len() as u64,
+            Err(e) => {
+                let _ = cur.file.set_len(cur.len);
+                tracing::warn!(file = %cur.path.display(), error = %e, "Could not write the statistics block; the file ends without it.");
+            }
+        }
     }
 
     fn sync(&mut self) {
@@ -400,8 +449,10 @@ impl Writer {
         cur.dirty = false;
     }
 
-    /// fsync, rename `.pcap.part` -> `.pcap`, fsync the directory.
+    /// Trailer, fsync, rename `.pcap.part` -> `.pcap` (`.pcapng`), fsync the directory.
     fn finish_current(&mut self) -> Result<(), WriteError> {
+        self.framing.file_finished();
+        self.write_trailer();
         let Some(cur) = self.current.take() else {
             return Ok(());
         };

@@ -34,6 +34,7 @@ use super::config::UploadConfig;
 use super::ledger::{self, FileLock, Ledger, LockOutcome};
 use super::retry::{self, RetryAction, TransportError};
 use super::state::Candidate;
+use crate::capture::files::FileFormat;
 
 pub const PCAP_MEDIA_TYPE: &str = "application/vnd.tcpdump.pcap";
 const CHUNK: usize = 64 * 1024;
@@ -621,7 +622,7 @@ impl Engine {
             let (fname, mime) = if cfg.gzip {
                 (format!("{}.gz", c.name), "application/gzip")
             } else {
-                (c.name.clone(), PCAP_MEDIA_TYPE)
+                (c.name.clone(), FileFormat::media_type_of(&c.name))
             };
             let part =
                 reqwest::multipart::Part::stream_with_length(body, prep.body_len).file_name(fname);
@@ -632,7 +633,7 @@ impl Engine {
             req = req.multipart(reqwest::multipart::Form::new().part(field.clone(), part));
         } else {
             req = req
-                .header(header::CONTENT_TYPE, PCAP_MEDIA_TYPE)
+                .header(header::CONTENT_TYPE, FileFormat::media_type_of(&c.name))
                 .header(header::CONTENT_LENGTH, prep.body_len)
                 .header(
                     header::CONTENT_DISPOSITION,
@@ -845,8 +846,9 @@ impl Read for PosReader {
     }
 }
 
-/// A capture file starts with a pcap file header: one that does not (empty, or anything else
-/// named like a capture) is not ours and is not sent. Err says what it is instead.
+/// A capture file starts with a pcap file header or a pcapng Section Header Block (both at
+/// least 24 bytes): one that does not (empty, or anything else named like a capture) is not
+/// ours and is not sent. Err says what it is instead.
 fn check_pcap_header(f: &std::fs::File) -> Result<(), String> {
     use crate::pcapfile::{FILE_HEADER_LEN, MAGIC_MICRO, MAGIC_NANO};
     let mut h = [0u8; FILE_HEADER_LEN];
@@ -864,12 +866,17 @@ fn check_pcap_header(f: &std::fs::File) -> Result<(), String> {
         return Err("not uploaded: the file is empty (no pcap header): not a capture file".into());
     }
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let known = [MAGIC_MICRO, MAGIC_NANO]
+    let pcap = [MAGIC_MICRO, MAGIC_NANO]
         .iter()
         .any(|&m| magic == m || magic.swap_bytes() == m);
-    if got < FILE_HEADER_LEN || !known {
+    // pcapng: a Section Header Block (its type reads the same in both byte orders) with the
+    // byte-order magic after the block length.
+    let bom = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    let pcapng = magic == crate::pcapng::SHB_TYPE
+        && [bom, bom.swap_bytes()].contains(&crate::pcapng::BYTE_ORDER_MAGIC);
+    if got < FILE_HEADER_LEN || !(pcap || pcapng) {
         return Err(format!(
-            "not uploaded: no pcap file header ({got} bytes, starts with {}): not a capture file",
+            "not uploaded: no pcap or pcapng file header ({got} bytes, starts with {}): not a capture file",
             hex(&h[..got.min(4)])
         ));
     }

@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod laptop;
 mod nginx;
+mod pcapng;
 mod receiver;
 mod security;
 mod upload;
