@@ -457,6 +457,16 @@ fn stdout_stream_reads_in_tshark_with_exactly_the_packets_sent() {
     let (code, seqs, err) = p.tshark_result();
     assert_eq!(code, 0, "tshark: {err}");
     assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+
+    // pcapng on stdout: the same packets, read as pcapng by tshark from the pipe.
+    let port = unique_port();
+    let mut p = Pipeline::start(port, &["-c", "30", "--format", "pcapng"], &[]);
+    send_udp(port, 40, 50);
+    let st = p.capture.wait_timeout(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{}", p.capture.log_text());
+    let (code, seqs, err) = p.tshark_result();
+    assert_eq!(code, 0, "tshark: {err}");
+    assert_eq!(seqs, (0..30).collect::<Vec<_>>());
 }
 
 #[test]
