@@ -7,5 +7,6 @@ mod faults;
 mod helpers;
 mod nginx;
 mod receiver;
+mod report;
 mod security;
 mod upload;
