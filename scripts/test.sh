@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages) and runs every test suite. Run as root: the tests capture on real
 # interfaces, create network and PID namespaces, and start real servers. Prints how long each
-# step took (a fresh machine: about 25 min, most of it compiling; see docs/image.md).
+# step took (most of it compiling: sidecap twice, host and static image, plus cargo-deny).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s) last=$(date +%s) times=()
@@ -12,14 +12,20 @@ step() { # NAME: closes the previous step's timer
   [ -n "$1" ] && echo "== $1"
   return 0
 }
+summary() {
+  step ""
+  echo "== times"; printf '  %s\n' "${times[@]}"
+  echo "  total                  $(( $(date +%s) - t0 )) s"
+}
+trap summary EXIT  # also when a step fails: the times up to it
 step setup; scripts/setup.sh
 step "cargo build"; cargo build --release --bins
 step "cargo test"; cargo test --release -- --test-threads=4
 # Dependency licences, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
 step cargo-deny
 if ! command -v cargo-deny >/dev/null; then
-  # Its release profile is fat LTO with one codegen unit: minutes of linking for a tool that
-  # checks a lock file in a second. Built without them it installs in about half the time.
+  # Its release profile is fat LTO with one codegen unit, slow to build on two cores for a tool
+  # that checks a lock file in a second: built without them (230 s here, on a busy machine).
   CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
     cargo install cargo-deny --locked --quiet
 fi
@@ -27,6 +33,3 @@ cargo deny --log-level error check licenses bans sources
 for suite in fuzz/run.sh bench/ci.sh k8s/check.sh tests/e2e/run.sh; do
   if [ -x "$suite" ]; then step "$suite"; "$suite"; fi
 done
-step ""
-echo "== times"; printf '  %s\n' "${times[@]}"
-echo "  total                  $(( $(date +%s) - t0 )) s"
