@@ -29,8 +29,8 @@ args=(--build-arg "DEBIAN_IMAGE=$debian_image" -t "$image")
 if [ "$mode" = prebuilt ]; then
   bin="$(build/static/build.sh)"
   mkdir -p build/prebuilt
-  # Stripped: the symbols and line tables are ~20 MB of the ~24 MB; keep the unstripped binary
-  # (target/x86_64-unknown-linux-gnu/release/sidecap) for symbolizing a crash.
+  # Stripped: the symbols and line tables are ~18 MB of the ~25 MB; keep the unstripped binary
+  # (target/x86_64-unknown-linux-gnu/image/sidecap) for symbolizing a crash.
   strip -o build/prebuilt/sidecap.tmp "$bin"
   mv build/prebuilt/sidecap.tmp build/prebuilt/sidecap
   args+=(--target runtime-prebuilt --build-arg PREBUILT=build/prebuilt/sidecap)

@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
 # One-time host setup for building and running sidecap's image with podman on Debian 12 (root).
-# Idempotent; sourced or run by scripts/build-image.sh and tests/e2e/run.sh.
-# - Debian packages: podman, buildah, runc, debootstrap, libcap2-bin (setcap/getcap), and what the
-#   static build needs (libpcap-dev, libdbus-1-dev, binutils for strip, file).
+# Idempotent; run by scripts/build-image.sh and tests/e2e/run.sh.
+# - Debian packages, each named (installed with --no-install-recommends, so nothing comes from a
+#   Recommends): podman with its runtime (runc) and its pod infra process (catatonit, only a
+#   Recommends of podman: without it `podman pod create` fails), buildah, debootstrap,
+#   libcap2-bin (setcap/getcap), what the static build needs (libpcap-dev, libdbus-1-dev, gcc,
+#   binutils for ar/strip, file) and what tests/e2e runs on the host (tshark, jq, curl, nsenter).
 # - /etc/containers/containers.conf as docs/environment.md says works here: crun fails on the
 #   cgroup v1 layout of these machines and the default ulimits are refused. Written only if absent,
 #   never overwritten (a real host has its own). Not CONTAINERS_CONF: that replaces the distribution
 #   defaults instead of merging.
+# - A Debian base image made with debootstrap, then a throwaway pod with one container in it: a
+#   podman that cannot start a pod fails here, in seconds, with podman's own message.
+#
+#   scripts/podman-setup.sh                  # everything
+#   scripts/podman-setup.sh --packages-only  # packages only (scripts/check-fresh.sh, in a container)
 set -euo pipefail
-need=()
-for p in podman buildah runc debootstrap libcap2-bin libpcap-dev libdbus-1-dev binutils file gcc tshark; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "podman-setup: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+cd "$(dirname "$0")/.."
+. scripts/packages.sh
+packages=(
+  podman:podman catatonit:catatonit runc:runc conmon:conmon buildah:buildah
+  debootstrap:debootstrap
+  setcap:libcap2-bin getcap:libcap2-bin
+  -:libpcap-dev -:libdbus-1-dev cc:gcc ar:binutils strip:binutils file:file  # build/static/build.sh
+  tshark:tshark jq:jq curl:curl nsenter:util-linux unshare:util-linux timeout:coreutils cmp:diffutils tar:tar  # tests/e2e
+)
+ensure_packages podman-setup "${packages[@]}"
+[ "${1:-}" = --packages-only ] && exit 0
+
 if [ ! -e /etc/containers/containers.conf ]; then
   echo "podman-setup: writing /etc/containers/containers.conf (runc, cgroupfs, file events, ulimits)" >&2
   mkdir -p /etc/containers
@@ -43,3 +53,13 @@ if ! podman image exists "$SIDECAP_DEBIAN_IMAGE"; then
   tar -C "$rootfs" -c . | podman import -q --change 'CMD ["/bin/bash"]' - "$SIDECAP_DEBIAN_IMAGE" >/dev/null
   rm -rf "$rootfs"; trap - EXIT
 fi
+
+# Smoke test: a pod (its infra container runs catatonit) with one container under runc, as
+# tests/e2e/run.sh starts them.
+probe="sidecap-setup-probe-$$"
+trap 'podman pod rm -f "$probe" >/dev/null 2>&1' EXIT
+works podman-setup "podman pod create (catatonit, the pod's infra process)" \
+  podman pod create --name "$probe" --network none
+works podman-setup "a container in a pod (runc, conmon)" \
+  podman run --rm --pod "$probe" "$SIDECAP_DEBIAN_IMAGE" true
+podman pod rm -f "$probe" >/dev/null 2>&1; trap - EXIT

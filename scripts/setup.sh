@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Installs what sidecap needs to build, run and test on Debian 12 (run as root). Idempotent.
 # The Rust toolchain itself comes from rustup (https://rustup.rs); everything else from Debian.
+# Every command a suite runs is named with its package (scripts/check-fresh.sh proves the list
+# on a fresh root); scripts/podman-setup.sh adds what the image build and tests/e2e need.
+#
+#   scripts/setup.sh                  # packages, then a quick check that each tool runs
+#   scripts/setup.sh --packages-only  # packages only (scripts/check-fresh.sh, in a container)
 set -euo pipefail
-need=()
-for p in libpcap-dev tcpdump tshark iproute2 procps libcap2-bin curl jq util-linux nginx-light libnginx-mod-http-dav-ext openssl; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "setup: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+cd "$(dirname "$0")/.."
+. scripts/packages.sh
+packages=(
+  -:libpcap-dev                        # the pcap crate links libpcap
+  cc:gcc c++:g++                       # build scripts (ring); fuzz/ builds libFuzzer (C++)
+  tcpdump:tcpdump                      # bench/ci.sh runs it beside sidecap
+  tshark:tshark capinfos:wireshark-common dumpcap:wireshark-common  # tests, bench, demo
+  ip:iproute2                          # veths and netns (tests/it, bench)
+  pgrep:procps                         # tests/it
+  setcap:libcap2-bin getcap:libcap2-bin  # tests/it security, tests/e2e
+  unshare:util-linux nsenter:util-linux setpriv:util-linux fsfreeze:util-linux  # tests, k8s/check.sh
+  mount:mount umount:mount losetup:mount  # tests/it (tmpfs), bench (loop ext4)
+  mkfs.ext4:e2fsprogs                  # bench: a small ext4 image
+  curl:curl jq:jq                      # tests/e2e
+  nginx:nginx-light -:libnginx-mod-http-dav-ext  # tests/it/nginx.rs (WebDAV PUT, TLS)
+  openssl:openssl                      # tests/it: test certificates
+  python3:python3 -:python3-venv       # fuzz/run.sh seeds; k8s/check.sh's tool venv
+  cmp:diffutils timeout:coreutils
+)
+ensure_packages setup "${packages[@]}"
+[ "${1:-}" = --packages-only ] && exit 0
+
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   echo "setup: cargo is in ~/.cargo/bin but not on PATH: run 'source ~/.cargo/env' first" >&2
   exit 1
@@ -19,7 +36,12 @@ fi
 if ! command -v cargo >/dev/null; then
   # No rustup toolchain: Debian 12 ships a current Rust as cargo-web/rustc-web (1.85+).
   echo "setup: no cargo on PATH; installing Debian's cargo-web (or install Rust with rustup)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends cargo-web >/dev/null
+  ensure_packages setup cargo:cargo-web rustc:rustc-web
 fi
+# Each tool starts (a missing shared library or a broken install shows here, not in a suite).
+works setup tshark tshark -v
+works setup capinfos capinfos -v
+works setup tcpdump tcpdump --version
+works setup nginx nginx -V
+works setup "python3 -m venv" /usr/bin/python3 -c 'import venv, ensurepip'
+works setup "network namespaces" unshare --net true

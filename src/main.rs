@@ -34,7 +34,9 @@ fn main() -> ExitCode {
             std::process::exit(exit::FORCED as i32)
         }),
     ) {
-        eprintln!("sidecap: cannot install signal handlers: {e}");
+        print_error(&format!(
+            "sidecap: error: cannot install signal handlers: {e}"
+        ));
         return ExitCode::from(exit::RUNTIME);
     }
     let code = match cli.command {
@@ -63,9 +65,20 @@ fn report<E: ExitStatus>(r: Result<(), E>) -> u8 {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            tracing::error!("{msg}");
-            eprintln!("{msg}");
+            print_error(&msg);
             e.exit_code()
         }
+    }
+}
+
+/// One line on stderr, in the log's format: a tracing event (a JSON object in JSON mode, which
+/// log collectors behind `kubectl logs` parse; copied to the container's stdout by the preStop
+/// hook's tee), or, when the log filter drops errors (`--log-level off`), the plain line, so the
+/// reason for a non-zero exit is never silent. Never both: that printed every error twice.
+fn print_error(msg: &str) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{msg}");
+    } else {
+        eprintln!("{msg}");
     }
 }

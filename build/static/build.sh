@@ -6,6 +6,8 @@
 # Why each piece:
 # - An explicit --target keeps the host's normal target/release build untouched (RUSTFLAGS with
 #   +crt-static then apply to the binary only, not to build scripts and proc-macros).
+# - Cargo.toml's `image` profile (release + fat LTO, one codegen unit, dependencies at
+#   opt-level "s"): the image's size, measured step by step in docs/image.md.
 # - Debian's libpcap.a is built with D-Bus support, so it needs -ldbus-1 (libdbus-1.a exists).
 # - libdbus-1.a references sd_listen_fds/sd_is_socket from libsystemd, which Debian ships no
 #   static library for: sd-stub.c answers "no sockets passed" (sidecap never talks to D-Bus).
@@ -18,8 +20,8 @@ mkdir -p "$out/static-stub"
 cc -O2 -c "$here/sd-stub.c" -o "$out/static-stub/sd-stub.o"
 ar rcs "$out/static-stub/libsdstub.a" "$out/static-stub/sd-stub.o"
 export RUSTFLAGS="-C target-feature=+crt-static -L native=$out/static-stub -C link-arg=-Wl,-Bstatic -C link-arg=-ldbus-1 -C link-arg=-lsdstub -C link-arg=-lc ${SIDECAP_STATIC_RUSTFLAGS:-}"
-(cd "$root" && cargo build --release --locked --bin sidecap --target "$target" >&2)
-bin="$out/$target/release/sidecap"
+(cd "$root" && cargo build --profile image --locked --bin sidecap --target "$target" >&2)
+bin="$out/$target/image/sidecap"
 # A static-pie still has an interpreter-less ELF; refuse anything that would need a loader.
 if file "$bin" 2>/dev/null | grep -q 'dynamically linked'; then
   echo "build-static: $bin is dynamically linked" >&2; exit 1

@@ -4,7 +4,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sidecap::pcapng::scan_extra;
+
+// Compiled in by path, like pcap_walker: the walker needs only std and thiserror (and the pcap
+// walker beside it), not sidecap's dependency tree.
+#[path = "../../src/pcapfile.rs"]
+#[allow(dead_code)]
+mod pcapfile;
+#[path = "../../src/pcapng.rs"]
+#[allow(dead_code)]
+mod pcapng;
+use pcapng::scan_extra;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((s, _)) = scan_extra(data) {

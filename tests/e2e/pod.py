@@ -124,11 +124,23 @@ def receiver(token, delay):
 
 
 def app(mode, count, interval):
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The SIGTERM handler takes no lock: it appends to a list and writes with os.write. It was
+    # `threading.Event.set`, which takes the Event's lock; a Python handler runs in the main
+    # thread between bytecodes, so one that runs while that thread holds the lock inside
+    # Event.wait waits for itself, and only SIGKILL ends the app (a narrow window, but a signal
+    # handler must not take locks). The app says when it started and when SIGTERM arrived, so a
+    # stop that ends in SIGKILL shows which side did not act.
+    stopping = []
+
+    def on_sigterm(*_):
+        stopping.append(True)
+        os.write(1, b"app: SIGTERM\n")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    print("app: started (%s)" % mode, flush=True)
     first = last = None
     n = 0
-    while not stop.is_set() and (mode == "serve" or n < count):
+    while not stopping and (mode == "serve" or n < count):
         conn = http.client.HTTPConnection("127.0.0.1", 8081, timeout=5)
         conn.connect()
         port = conn.sock.getsockname()[1]
@@ -142,11 +154,11 @@ def app(mode, count, interval):
         first = port if first is None else first
         last = port
         n += 1
-        stop.wait(interval)
+        if not stopping:
+            time.sleep(interval)  # a signal ends it early only by the handler; at most `interval`
     # Let the server's side of the last connection close too, so its FIN/ACK is on the wire.
     time.sleep(0.2)
     print("app: requests=%d first_port=%s last_port=%s" % (n, first, last), flush=True)
-
 
 if __name__ == "__main__":
     if sys.argv[1] == "receiver":

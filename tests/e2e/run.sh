@@ -42,6 +42,7 @@ bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 now_ms() { date +%s%3N; }
 state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
+alive() { case "$(state "$1" Status)" in running|stopping) return 0 ;; *) return 1 ;; esac; }
 
 # HTTP GET from inside the pod's network namespace, as the kubelet's httpGet probe does from the
 # node (the pod has no other network: --network none, loopback only).
@@ -145,8 +146,10 @@ kill_container() { # name prestop-command waits-for...
   if [ "$g" -gt 0 ] && [ $# -gt 0 ]; then
     start=$(now_ms)
     local other deadline=$(( start + g * 1000 ))
+    # Until the other container has terminated: podman reports Running false already while it
+    # is "stopping" (SIGTERM sent, process alive), which would let a sidecar go first.
     for other in "$@"; do
-      while [ "$(state "$other" Running)" = true ] && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.05; done
+      while alive "$other" && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.05; done
     done
     waited=$(( ($(now_ms) - start) / 1000 ))
     g=$(( g - waited ))
@@ -154,7 +157,7 @@ kill_container() { # name prestop-command waits-for...
   [ "$g" -lt 2 ] && g=2
   now_ms > "$dir/$name.sigterm"
   echo "$g" > "$dir/$name.stop-timeout"
-  podman stop -t "$g" "$name" >/dev/null 2>&1
+  podman stop -t "$g" "$name" > "$dir/$name.stop.log" 2>&1
   now_ms > "$dir/$name.exited"
 }
 
@@ -247,6 +250,11 @@ dump_logs() {
     echo "    --- $c"; podman logs "$pod-$c" 2>&1 | tail -15 | sed 's/^/    /'
   done
   [ -e "$dir/$pod-uploader.prestop.out" ] && { echo "    --- uploader preStop"; tail -15 "$dir/$pod-uploader.prestop.out" | sed 's/^/    /'; }
+  # podman stop's own warnings ("StopSignal SIGTERM failed to stop container ... resorting to SIGKILL").
+  for c in main capture uploader; do
+    [ -s "$dir/$pod-$c.stop.log" ] && { echo "    --- podman stop $c"; grep -v "^$pod-$c\$" "$dir/$pod-$c.stop.log" | tail -5 | sed 's/^/    /'; }
+  done
+  return 0
 }
 lifecycle_asserts() {
   check "app made its requests (exit 0)" exit_code_is "$pod-main" 0

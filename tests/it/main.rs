@@ -10,5 +10,6 @@ mod laptop;
 mod nginx;
 mod pcapng;
 mod receiver;
+mod report;
 mod security;
 mod upload;
