@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 # k8s/check.sh, tests/e2e (host side), build/static/build.sh, scripts/*.sh.
 commands=(
   cc c++ ar strip file                        # build/static/build.sh, build scripts, libFuzzer
-  tcpdump tshark capinfos dumpcap             # tests, bench, demo, e2e
-  ip pgrep setcap getcap unshare nsenter setpriv fsfreeze mount umount losetup mkfs.ext4
+  tcpdump tshark capinfos dumpcap editcap     # tests, bench, demo, e2e
+  ip pgrep setcap getcap unshare nsenter setpriv fsfreeze prlimit script mount umount losetup mkfs.ext4
   sh cp cmp timeout tar
   nginx openssl curl jq python3               # tests/it servers and certificates; e2e; fuzz; k8s
   podman catatonit runc conmon buildah debootstrap  # image build and tests/e2e

@@ -13,11 +13,12 @@ packages=(
   -:libpcap-dev                        # the pcap crate links libpcap
   cc:gcc c++:g++                       # build scripts (ring); fuzz/ builds libFuzzer (C++)
   tcpdump:tcpdump                      # bench/ci.sh runs it beside sidecap
-  tshark:tshark capinfos:wireshark-common dumpcap:wireshark-common  # tests, bench, demo
+  tshark:tshark capinfos:wireshark-common dumpcap:wireshark-common editcap:wireshark-common  # tests, bench, demo
   ip:iproute2                          # veths and netns (tests/it, bench)
   pgrep:procps                         # tests/it
   setcap:libcap2-bin getcap:libcap2-bin  # tests/it security, tests/e2e
-  unshare:util-linux nsenter:util-linux setpriv:util-linux fsfreeze:util-linux  # tests, k8s/check.sh
+  unshare:util-linux nsenter:util-linux setpriv:util-linux fsfreeze:util-linux prlimit:util-linux  # tests, k8s/check.sh
+  script:bsdutils                      # tests/it/laptop.rs: a real terminal for the status line
   mount:mount umount:mount losetup:mount  # tests/it (tmpfs), bench (loop ext4)
   mkfs.ext4:e2fsprogs                  # bench: a small ext4 image
   curl:curl jq:jq                      # tests/e2e
