@@ -19,6 +19,8 @@ summary() {
 }
 trap summary EXIT  # also when a step fails: the times up to it
 step setup; scripts/setup.sh
+# A test that spawns a program no setup script names fails here, not on the next fresh machine.
+scripts/check-fresh.sh --lint
 step "cargo build"; cargo build --release --bins
 step "cargo test"; cargo test --release -- --test-threads=4
 # Dependency licences, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
