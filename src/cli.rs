@@ -19,6 +19,8 @@ Exit codes:
   4    permission denied (no CAP_NET_RAW, directory not writable)
   5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
   6    upload permanently rejected by the receiver
+  7    repair: damage before the end of a file (not just a torn last record); the damaged
+       spans were cut out (--dry-run: would be) and listed, every record around them kept
   130  forced exit on a second SIGTERM/SIGINT";
 
 #[derive(Parser, Debug)]
@@ -59,7 +61,7 @@ pub enum Command {
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
     #[command(after_help = EXIT_CODES)]
     Upload(Box<crate::upload::args::UploadArgs>),
-    /// Cut a torn last record from pcap files left by a killed capture, so every reader accepts them.
+    /// Make pcap files left by a killed capture readable: cut a torn last record; cut out (and report) damage before the end, keeping every record around it.
     #[command(after_help = EXIT_CODES)]
     Repair(crate::repair::RepairArgs),
 }

@@ -437,3 +437,94 @@ fn disk_full_episodes_leave_no_hole_in_the_file() {
         );
     }
 }
+
+/// A pcap of `n` records with distinct, non-header-like payloads; returns it with each record's
+/// offset.
+fn synthetic_pcap(n: u32) -> (Vec<u8>, Vec<usize>) {
+    let mut v = sidecap::pcapfile::file_header(1, 65535, false).to_vec();
+    let mut offsets = Vec::new();
+    for i in 0..n {
+        offsets.push(v.len());
+        let len = 60 + (i * 37) % 1400;
+        let mut data = vec![0x90u8; len as usize];
+        data[..4].copy_from_slice(&i.to_be_bytes());
+        sidecap::pcapfile::push_record(
+            &mut v,
+            1_790_000_000 + i / 100,
+            (i % 100) * 10_000,
+            len,
+            len,
+            &data,
+        );
+    }
+    (v, offsets)
+}
+
+/// Regression (issue 10, class 2): one corrupt length field early in a big file made `repair`
+/// cut 94% of it and exit 0, and a zero-filled hole passed as records. Damage before the end is
+/// now reported (offset, what), cut out with every record around it kept, and exits 7.
+#[test]
+fn repair_keeps_every_record_around_damage_and_says_where_it_was() {
+    let dir = tempdir();
+    let (v, offsets) = synthetic_pcap(5000);
+    let mut bad_len = v.clone();
+    let at = offsets[100] + 8;
+    bad_len[at..at + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
+    let f1 = dir.path().join("badlen.pcap");
+    std::fs::write(&f1, &bad_len).unwrap();
+    let mut holed = v[..offsets[3000]].to_vec();
+    holed.extend(std::iter::repeat(0u8).take(1 << 20));
+    holed.extend_from_slice(&v[offsets[3000]..]);
+    let f2 = dir.path().join("hole.pcap.part");
+    std::fs::write(&f2, &holed).unwrap();
+    let run = |extra: &[&str]| {
+        let o = std::process::Command::new(bin())
+            .arg("repair")
+            .args(extra)
+            .arg(&f1)
+            .arg(&f2)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let (code, out) = run(&["--dry-run"]);
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains(&format!("offset {}", offsets[100])), "{out}");
+    assert!(
+        out.contains(&format!("offset {}, {} bytes", offsets[3000], 1 << 20)),
+        "{out}"
+    );
+    assert!(out.contains("len 0"), "the hole is named: {out}");
+    assert_eq!(
+        std::fs::read(&f1).unwrap(),
+        bad_len,
+        "a dry run changes nothing"
+    );
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains("kept every complete record"), "{out}");
+    assert_eq!(
+        capinfos_count(&f1),
+        4999,
+        "only the record with the corrupt length is gone"
+    );
+    assert_eq!(tshark_fields(&f1, None, "frame.number").len(), 4999);
+    assert_eq!(capinfos_count(&f2), 5000);
+    assert_eq!(
+        std::fs::read(&f2).unwrap(),
+        v,
+        "the hole is cut out exactly"
+    );
+    // Repaired files are clean: a second run has nothing to do.
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok, 4999 packets") && out.contains("ok, 5000 packets"),
+        "{out}"
+    );
+}
