@@ -88,12 +88,14 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_PREFIX", default_value = "capture")]
     pub prefix: String,
 
-    /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression.
+    /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression. At most 4096
+    /// bytes: libpcap's optimizer needs minutes and gigabytes for much longer ones.
     #[arg(long, env = "SIDECAP_FILTER", conflicts_with = "expression")]
     pub filter: Option<String>,
 
     /// Wait up to this long for the interface to appear (e.g. a VPN's tun0 or a veth created
-    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait.
+    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait. A stop
+    /// signal meanwhile is a clean stop: exit 0 and a marker saying nothing was captured.
     #[arg(long, env = "SIDECAP_WAIT_FOR_INTERFACE", default_value = "0s")]
     pub wait_for_interface: String,
 
