@@ -180,6 +180,7 @@ struct Walker<'a, S: ReadAt + ?Sized> {
     total: u64,
     win: Vec<u8>,
     win_off: u64,
+    win_len: usize,
     swapped: bool,
     snaplen: u32,
     frac_limit: u32,
@@ -188,11 +189,15 @@ struct Walker<'a, S: ReadAt + ?Sized> {
 impl<S: ReadAt + ?Sized> Walker<'_, S> {
     /// Up to 16 bytes at `off` (fewer at the end), from the read-ahead window.
     fn header_bytes(&mut self, off: u64) -> io::Result<([u8; RECORD_HEADER_LEN], usize)> {
+        let win_end = self.win_off + self.win_len as u64;
+        // The window covers `off` when it holds the 16 bytes there, or everything up to the end.
         let in_win = off >= self.win_off
-            && off + RECORD_HEADER_LEN as u64 <= self.win_off + self.win.len() as u64;
+            && (off + RECORD_HEADER_LEN as u64 <= win_end || win_end == self.total);
         if !in_win {
             // 1 MiB windows: one pread per ~thousands of records when walking in order.
-            self.win.resize(1 << 20, 0);
+            if self.win.is_empty() {
+                self.win = vec![0; (self.total.min(1 << 20) as usize).max(RECORD_HEADER_LEN)];
+            }
             let mut got = 0;
             while got < self.win.len() {
                 match self.src.read_at(off + got as u64, &mut self.win[got..]) {
@@ -202,11 +207,11 @@ impl<S: ReadAt + ?Sized> Walker<'_, S> {
                     Err(e) => return Err(e),
                 }
             }
-            self.win.truncate(got);
+            self.win_len = got;
             self.win_off = off;
         }
-        let at = (off - self.win_off) as usize;
-        let n = (self.win.len() - at.min(self.win.len())).min(RECORD_HEADER_LEN);
+        let at = ((off - self.win_off) as usize).min(self.win_len);
+        let n = (self.win_len - at).min(RECORD_HEADER_LEN);
         let mut h = [0u8; RECORD_HEADER_LEN];
         h[..n].copy_from_slice(&self.win[at..at + n]);
         Ok((h, n))
@@ -345,6 +350,7 @@ pub fn scan_at<S: ReadAt + ?Sized>(src: &S) -> Result<Scan, ScanError> {
         total,
         win: Vec::new(),
         win_off: 0,
+        win_len: 0,
         swapped,
         snaplen,
         frac_limit: if nano { 1_000_000_000 } else { 1_000_000 },
