@@ -9,13 +9,13 @@
 //! span is reported with its offset, length and what was wrong, and the exit code is
 //! [`exit::DAMAGED`] so a script cannot mistake it for a plain torn tail.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::exit::{self, ExitStatus};
-use crate::pcapfile::{scan_file, Damage, Scan, ScanError};
+use crate::pcapfile::{scan_at, Damage, Scan, ScanError};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "\
@@ -81,7 +81,18 @@ pub struct Repaired {
 /// Checks one file and, unless `dry_run`, cuts a torn tail and removes damaged spans.
 pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> {
     let name = path.display().to_string();
-    let scan = scan_file(path).map_err(|e| RepairError::Unreadable(name.clone(), e))?;
+    let unreadable = |e: ScanError| RepairError::Unreadable(name.clone(), e);
+    // Never through a symlink, and only a regular file: the uploader repairs files on a shared
+    // volume where anyone with write access could plant a link to something else.
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| unreadable(e.into()))?;
+    if !src.metadata().map_err(|e| unreadable(e.into()))?.is_file() {
+        return Err(unreadable(ScanError::NotPcap("not a regular file".into())));
+    }
+    let scan = scan_at(&src).map_err(unreadable)?;
     let kept: u64 = scan.kept_spans().iter().map(|(a, b)| b - a).sum();
     let removed = scan.total_len - kept;
     let (damaged, torn_tail) = (scan.damaged.clone(), scan.torn_tail.clone());
@@ -97,6 +108,7 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
     if damaged.is_empty() {
         let f = OpenOptions::new()
             .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| RepairError::Truncate(name.clone(), e))?;
         f.set_len(scan.valid_len)
@@ -127,7 +139,10 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
 /// Writes the `kept` byte ranges of `path` to a temporary beside it (same mode and, when we may,
 /// same owner), fsyncs it, renames it over `path` and fsyncs the directory.
 fn rewrite_without(path: &Path, kept: &[(u64, u64)]) -> io::Result<()> {
-    let src = File::open(path)?;
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
     let meta = src.metadata()?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(path.file_name().unwrap_or_default());
@@ -274,6 +289,28 @@ mod tests {
         let r = repair_file(&p, true).unwrap();
         assert!(r.removed > 0);
         assert_eq!(std::fs::read(&p).unwrap().len(), full.len() - 3);
+    }
+
+    #[test]
+    fn symlinks_and_special_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        let full = sample();
+        std::fs::write(&target, &full[..full.len() - 5]).unwrap();
+        let link = dir.path().join("x.pcap.part");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            repair_file(&link, false),
+            Err(RepairError::Unreadable(..))
+        ));
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().len() as usize,
+            full.len() - 5
+        );
+        assert!(matches!(
+            repair_file(dir.path(), false),
+            Err(RepairError::Unreadable(..))
+        ));
     }
 
     #[test]
