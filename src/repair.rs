@@ -18,7 +18,7 @@ use crate::exit::{self, ExitStatus};
 use crate::pcapfile::{scan_at, Damage, Scan, ScanError};
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "\
+#[command(after_long_help = "\
 What is changed:
   clean file                 nothing (exit 0)
   torn last record           cut at the end of the last complete record (exit 0)
@@ -27,7 +27,11 @@ What is changed:
                              each span is listed with its offset, length and what was wrong.
                              The file is rewritten beside itself and renamed over (exit 7)
   not a pcap file            refused, never changed (exit 3)
-With --dry-run the same report and exit codes, and nothing is changed.")]
+  symlink, special file      refused, never followed or changed (exit 3)
+With --dry-run the same report and exit codes, and nothing is changed.
+
+Exit codes: 0 every file clean or only a torn tail cut; 1 a file could not be truncated or
+rewritten; 3 a file is not a pcap (or not a regular file); 7 damage before the end (above).")]
 pub struct RepairArgs {
     /// Only report what would be removed; change nothing.
     #[arg(long, env = "SIDECAP_REPAIR_DRY_RUN")]
