@@ -527,4 +527,13 @@ fn repair_keeps_every_record_around_damage_and_says_where_it_was() {
         out.contains("ok, 4999 packets") && out.contains("ok, 5000 packets"),
         "{out}"
     );
+    let help = std::process::Command::new(bin())
+        .args(["repair", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("damage before the end") && help.contains("(exit 7)"),
+        "{help}"
+    );
 }
