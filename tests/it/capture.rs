@@ -1148,3 +1148,33 @@ fn a_second_sigterm_never_contradicts_the_marker() {
         agreed.0, agreed.1
     );
 }
+
+/// Regression: when the done marker could not be written the capture still said it was (and
+/// exited as if all was well). A directory where the marker goes makes its rename fail: the run
+/// must exit 1 and say the marker is missing, never that it was written.
+#[test]
+fn a_marker_that_cannot_be_written_is_never_claimed() {
+    require_root();
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = capture_cmd(dir.path(), "lo");
+    cmd.arg(filter(port));
+    let (p, _addr) = start_capture(&mut cmd);
+    let blocker = dir.path().join("capture.done");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"x").unwrap();
+    send_udp(port, 20, 60);
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, p) = stop(p);
+    let log = p.log_text();
+    assert_eq!(code, 1, "log:\n{log}");
+    assert!(log.contains("could not be written"), "{log}");
+    assert!(
+        !log.contains("marker written") && !log.contains(".done written"),
+        "{log}"
+    );
+    // The files themselves are finalized.
+    let f = files_with(dir.path(), ".pcap");
+    assert_eq!(f.len(), 1);
+    assert_eq!(capinfos_count(&f[0]), 20);
+}
