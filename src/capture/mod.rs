@@ -302,7 +302,8 @@ fn write_marker(layout: &Layout, marker: &DoneMarker, shutdown: &Shutdown) -> bo
     shutdown.finalizing(marker.exit_code);
     let json = serde_json::to_vec_pretty(marker).unwrap_or_default();
     let mut result = files::write_atomic(&layout.marker_path(), &json);
-    if result.is_err() {
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "Could not write the done marker; retrying once.");
         std::thread::sleep(std::time::Duration::from_millis(200));
         result = files::write_atomic(&layout.marker_path(), &json);
     }

@@ -1151,7 +1151,8 @@ fn a_second_sigterm_never_contradicts_the_marker() {
 
 /// Regression: when the done marker could not be written the capture still said it was (and
 /// exited as if all was well). A directory where the marker goes makes its rename fail: the run
-/// must exit 1 and say the marker is missing, never that it was written.
+/// must exit 1 and say the marker is missing, never that it was written, also when a second
+/// SIGTERM arrives meanwhile.
 #[test]
 fn a_marker_that_cannot_be_written_is_never_claimed() {
     require_root();
@@ -1165,7 +1166,13 @@ fn a_marker_that_cannot_be_written_is_never_claimed() {
     std::fs::write(blocker.join("keep"), b"x").unwrap();
     send_udp(port, 20, 60);
     std::thread::sleep(Duration::from_millis(100));
-    let (code, p) = stop(p);
+    p.signal(Signal::SIGTERM);
+    // A second SIGTERM while the marker is being written: the exit code stays the run's own
+    // (1 here, as no marker could be written), not the forced 130.
+    p.wait_log("retrying once", Duration::from_secs(10));
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let code = p.wait_timeout(Duration::from_secs(10)).code().unwrap_or(-1);
     let log = p.log_text();
     assert_eq!(code, 1, "log:\n{log}");
     assert!(log.contains("could not be written"), "{log}");
