@@ -46,10 +46,10 @@ pub struct RepairArgs {
 pub enum RepairError {
     #[error("{0}: {1}")]
     Unreadable(String, ScanError),
-    #[error("{0}: cannot truncate: {1}")]
+    /// The file (or its directory, for a rewrite) cannot be changed. The uploader, which may
+    /// only be able to read, falls back to a dry run on this one and sends the clean prefix.
+    #[error("{0}: cannot cut the torn tail or rewrite it without the damaged spans: {1}")]
     Truncate(String, std::io::Error),
-    #[error("{0}: cannot rewrite without the damaged spans: {1}")]
-    Rewrite(String, std::io::Error),
     #[error("{0} of {1} files could not be repaired")]
     Some(usize, usize),
     #[error("{0} of {1} files had damage before their end: the damaged spans listed above {2}, every complete record around them kept")]
@@ -60,7 +60,7 @@ impl ExitStatus for RepairError {
     fn exit_code(&self) -> u8 {
         match self {
             RepairError::Unreadable(..) | RepairError::Some(..) => exit::CONFIG,
-            RepairError::Truncate(..) | RepairError::Rewrite(..) => exit::RUNTIME,
+            RepairError::Truncate(..) => exit::RUNTIME,
             RepairError::Damaged(..) => exit::DAMAGED,
         }
     }
@@ -119,7 +119,7 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
             .and_then(|_| f.sync_all())
             .map_err(|e| RepairError::Truncate(name, e))?;
     } else {
-        rewrite_without(path, &scan.kept_spans()).map_err(|e| RepairError::Rewrite(name, e))?;
+        rewrite_without(path, &scan.kept_spans()).map_err(|e| RepairError::Truncate(name, e))?;
     }
     let after = Scan {
         packets: scan.all_packets(),
