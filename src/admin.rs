@@ -2,22 +2,37 @@
 //! runs on its own named thread with its own single-threaded runtime, so it answers even while
 //! the data path is busy. The listener is bound by the caller, before anything else starts, so
 //! a bad or busy address is a startup error with a clear message.
+//!
+//! It faces the Pod network, so it bounds what a client can hold: request headers must arrive
+//! within [`HEADER_READ_TIMEOUT`] (also between keep-alive requests), and at most
+//! [`MAX_CONNECTIONS`] connections are open at once; a new one beyond that closes the oldest.
+//! Without these, idle connections held file descriptors until the capture's next rotation
+//! failed with EMFILE. Evicting the oldest (rather than refusing the newest) keeps probes
+//! answered during a flood: a probe's connection is the newest while it is served.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
-/// A response: status, content type, body.
+/// A client must send a request's headers within this. Probes and scrapers send theirs at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open connections at most. Kubelet probes and a Prometheus scraper need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A response: status, content type, body, and for a 405 the methods allowed.
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: String,
+    pub allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -26,6 +41,18 @@ impl Reply {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            allow: None,
+        }
+    }
+
+    /// 405 with the `Allow` header RFC 9110 requires.
+    pub fn method_not_allowed(allow: &'static str) -> Reply {
+        Reply {
+            allow: Some(allow),
+            ..Reply::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method not allowed: use {allow}\n"),
+            )
         }
     }
 }
@@ -78,6 +105,34 @@ pub fn spawn(listener: TcpListener, handler: Handler) -> std::io::Result<SocketA
     Ok(addr)
 }
 
+/// The open connections, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<VecDeque<(u64, tokio_util::sync::CancellationToken)>>,
+}
+
+impl Connections {
+    /// Registers a new connection; closes the oldest when that makes more than the cap.
+    fn add(&self, id: u64) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        if let Ok(mut open) = self.open.lock() {
+            while open.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = open.pop_front() {
+                    oldest.cancel();
+                }
+            }
+            open.push_back((id, token.clone()));
+        }
+        token
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|(i, _)| *i != id);
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, handler: Handler) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -86,34 +141,57 @@ async fn serve(listener: TcpListener, handler: Handler) {
             return;
         }
     };
-    loop {
+    let conns = Arc::new(Connections::default());
+    let mut evictions_logged = false;
+    for id in 0u64.. {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "Admin accept failed.");
+                // EMFILE and the like: do not spin on an error that repeats at once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let handler = handler.clone();
+        let full = conns.open.lock().map_or(0, |o| o.len()) >= MAX_CONNECTIONS;
+        if full && !evictions_logged {
+            evictions_logged = true;
+            tracing::warn!(max = MAX_CONNECTIONS, "Admin server at its connection cap: closing the oldest connection for each new one (logged once).");
+        }
+        let token = conns.add(id);
+        let (handler, conns) = (handler.clone(), conns.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
                 async move {
                     let reply = handler(req.method().clone(), req.uri().path().to_string()).await;
-                    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
-                    *resp.status_mut() = reply.status;
-                    if let Ok(v) = reply.content_type.parse() {
-                        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-                    }
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(response(reply))
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = token.cancelled() => {}
+            }
+            conns.remove(id);
         });
     }
+}
+
+fn response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+    *resp.status_mut() = reply.status;
+    if let Ok(v) = reply.content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Some(Ok(v)) = reply.allow.map(|a| a.parse()) {
+        resp.headers_mut().insert(hyper::header::ALLOW, v);
+    }
+    resp
 }
 
 /// The routes every subcommand has: `/livez` always 200, `/readyz` from a readiness check,
@@ -124,8 +202,9 @@ pub fn common_route(
     ready: bool,
     metrics: impl FnOnce() -> String,
 ) -> Option<Reply> {
+    let known = matches!(path, "/livez" | "/readyz" | "/metrics");
     if method != Method::GET && method != Method::HEAD {
-        return None;
+        return known.then(|| Reply::method_not_allowed("GET, HEAD"));
     }
     match path {
         "/livez" => Some(Reply::text(StatusCode::OK, "ok\n")),
@@ -135,9 +214,8 @@ pub fn common_route(
             Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
         }),
         "/metrics" => Some(Reply {
-            status: StatusCode::OK,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: metrics(),
+            ..Reply::text(StatusCode::OK, metrics())
         }),
         _ => None,
     }
@@ -161,5 +239,31 @@ mod tests {
         assert!(parse_listen("9797")
             .unwrap_err()
             .contains("expected IP:PORT"));
+    }
+
+    #[test]
+    fn wrong_method_on_a_known_path_is_405_with_allow() {
+        let r = common_route(&Method::POST, "/livez", true, String::new).unwrap();
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.allow, Some("GET, HEAD"));
+        assert!(common_route(&Method::POST, "/nope", true, String::new).is_none());
+        assert_eq!(
+            common_route(&Method::HEAD, "/livez", true, String::new)
+                .unwrap()
+                .status,
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn the_oldest_connection_is_closed_at_the_cap() {
+        let c = Connections::default();
+        let tokens: Vec<_> = (0..MAX_CONNECTIONS as u64).map(|i| c.add(i)).collect();
+        assert!(tokens.iter().all(|t| !t.is_cancelled()));
+        let newest = c.add(1000);
+        assert!(tokens[0].is_cancelled() && !tokens[1].is_cancelled() && !newest.is_cancelled());
+        c.remove(5);
+        c.add(1001);
+        assert!(!tokens[1].is_cancelled(), "a free slot evicts nobody");
     }
 }

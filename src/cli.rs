@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_CAPTURE_LISTEN: &str = "0.0.0.0:9797";
 
-const EXIT_CODES: &str = "\
+pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized);
        upload: everything uploaded (stopped by SIGTERM/SIGINT with files left: 5)
@@ -19,6 +19,8 @@ Exit codes:
   4    permission denied (no CAP_NET_RAW, directory not writable)
   5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
   6    upload permanently rejected by the receiver
+  7    repair: damage before the end of a file (not just a torn last record); the damaged
+       spans were cut out (--dry-run: would be) and listed, every record around them kept
   130  forced exit on a second SIGTERM/SIGINT";
 
 #[derive(Parser, Debug)]
@@ -64,7 +66,7 @@ pub enum Command {
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
     #[command(after_help = EXIT_CODES)]
     Upload(Box<crate::upload::args::UploadArgs>),
-    /// Cut a torn last record from pcap files left by a killed capture, so every reader accepts them.
+    /// Make pcap files left by a killed capture readable: cut a torn last record; cut out (and report) damage before the end, keeping every record around it.
     #[command(after_help = EXIT_CODES)]
     Repair(crate::repair::RepairArgs),
 }
@@ -94,12 +96,14 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_PREFIX", default_value = crate::capture::config::DEFAULT_PREFIX)]
     pub prefix: String,
 
-    /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression.
+    /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression. At most 4096
+    /// bytes: libpcap's optimizer needs minutes and gigabytes for much longer ones.
     #[arg(long, env = "SIDECAP_FILTER", conflicts_with = "expression")]
     pub filter: Option<String>,
 
     /// Wait up to this long for the interface to appear (e.g. a VPN's tun0 or a veth created
-    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait.
+    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait. A stop
+    /// signal meanwhile is a clean stop: exit 0 and a marker saying nothing was captured.
     #[arg(long, env = "SIDECAP_WAIT_FOR_INTERFACE", default_value = "0s")]
     pub wait_for_interface: String,
 

@@ -4,6 +4,13 @@
 
 use std::time::Duration;
 
+/// The largest duration any flag accepts: ten years. Longer values are typos (or probes), and
+/// deadline arithmetic (`Instant + duration`) panics on overflow long before `u64::MAX` seconds.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600); // humantime's 10y
+/// The largest size any flag accepts: 1 EiB. Far beyond any disk, and small enough that adding
+/// a few such values never overflows a u64.
+pub const MAX_SIZE: u64 = 1 << 60;
+
 /// Parses a byte size such as `100MB`, `64MiB`, `1.5G` or `4096`. A bare number is multiplied by
 /// `bare_unit`, so `-C 100` can keep tcpdump's meaning (millions of bytes) and `-B 4096` its
 /// meaning (KiB). Decimal units (k, M, G, T) are powers of 1000, binary ones (KiB, MiB, ...)
@@ -40,24 +47,31 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64, String> {
         }
     };
     let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("invalid size {s:?}: out of range"));
+    if !bytes.is_finite() || bytes < 0.0 || bytes > MAX_SIZE as f64 {
+        return Err(format!("invalid size {s:?}: out of range (at most 1EiB)"));
     }
     Ok(bytes.round() as u64)
 }
 
 /// Parses a duration such as `5m`, `1s`, `250ms`, `1h30m`; a bare number means seconds, as
 /// tcpdump's `-G` does.
+/// Anything above [`MAX_DURATION`] is refused with a message, never a panic later.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return t
-            .parse::<u64>()
+    let d = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|e| format!("invalid duration {s:?}: {e}"));
+            .map_err(|e| format!("invalid duration {s:?}: {e} (at most 10 years)"))?
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 5m, 1h)"))?
+    };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {s:?}: out of range (at most 10 years)"
+        ));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 30s, 5m, 1h)"))
+    Ok(d)
 }
 
 /// Formats a byte count for humans (`1.5 MiB`), used in logs and error messages.
@@ -115,6 +129,32 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").unwrap_err().contains("examples"));
+    }
+
+    #[test]
+    fn overflowing_values_are_errors_not_panics() {
+        // Regression (issue 10): `--grace-period 18446744073709551615s` panicked (exit 101).
+        for d in [
+            "18446744073709551615s",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "584942417355y",
+            "11y",
+        ] {
+            assert!(
+                parse_duration(d).unwrap_err().contains("out of range")
+                    || parse_duration(d).unwrap_err().contains("invalid duration"),
+                "{d}"
+            );
+        }
+        assert_eq!(parse_duration("10y"), Ok(MAX_DURATION));
+        for v in ["18446744073709551615", "16EiB", "2EiB", "1e30"] {
+            assert!(parse_size(v, 1).is_err(), "{v}");
+        }
+        assert!(parse_size("100", 1 << 40).is_ok());
+        assert!(parse_size("18446744073709551615", 1_000_000)
+            .unwrap_err()
+            .contains("out of range"));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const PERMISSION: u8 = 4;
 pub const DEADLINE: u8 = 5;
 /// Upload: the receiver rejected a file permanently (4xx other than 408/429).
 pub const REJECTED: u8 = 6;
+/// Repair: a file had damage before its end (not just a torn last record). The damaged spans
+/// were removed (with `--dry-run`: would be) and listed; every complete record around them kept.
+pub const DAMAGED: u8 = 7;
 /// A second SIGTERM/SIGINT forced an immediate exit before the graceful stop finished.
 pub const FORCED: u8 = 130;
 

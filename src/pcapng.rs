@@ -191,7 +191,34 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, ScanError> {
     scan_extra(r).map(|(s, _)| s)
 }
 
-pub fn scan_extra<R: Read>(mut r: R) -> Result<(Scan, Extra), ScanError> {
+pub fn scan_extra<R: Read>(r: R) -> Result<(Scan, Extra), ScanError> {
+    let (mut s, x) = walk(r)?;
+    classify_stop(&mut s);
+    Ok((s, x))
+}
+
+/// Says what the bytes after the last complete block are, in the terms `repair` acts on: an
+/// incomplete last block is a torn tail (cut silently, as for pcap); anything else (an
+/// implausible block in the middle) is damage. The pcapng walker does not resynchronise, so the
+/// damage runs to the end of the file and `repair` leaves such a file as it is.
+fn classify_stop(s: &mut Scan) {
+    if s.valid_len >= s.total_len {
+        return;
+    }
+    let what = s.stopped.clone().unwrap_or_else(|| "trailing bytes".into());
+    let d = crate::pcapfile::Damage {
+        offset: s.valid_len,
+        len: s.total_len - s.valid_len,
+        what: what.clone(),
+    };
+    if what.starts_with("torn") {
+        s.torn_tail = Some(d);
+    } else {
+        s.damaged.push(d);
+    }
+}
+
+fn walk<R: Read>(mut r: R) -> Result<(Scan, Extra), ScanError> {
     let mut w = Walk {
         s: Scan {
             linktype: 0,
@@ -204,6 +231,9 @@ pub fn scan_extra<R: Read>(mut r: R) -> Result<(Scan, Extra), ScanError> {
             first_ts: None,
             last_ts: None,
             stopped: None,
+            damaged: Vec::new(),
+            packets_after_damage: 0,
+            torn_tail: None,
         },
         x: Extra::default(),
         tsresol: Vec::new(),
@@ -433,12 +463,17 @@ impl Walk {
 /// Scans a file on disk as pcapng or classic pcap, by its first bytes (the dispatch `sidecap
 /// repair` and the uploader use).
 pub fn scan_any_file(path: &std::path::Path) -> Result<Scan, ScanError> {
+    scan_any(&std::fs::File::open(path)?)
+}
+
+/// [`scan_any_file`] for a file just opened (a pcapng file is read from its current offset, 0).
+pub fn scan_any(f: &std::fs::File) -> Result<Scan, ScanError> {
     use std::io::{BufRead, BufReader};
-    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut r = BufReader::with_capacity(1 << 20, f);
     if is_pcapng(r.fill_buf()?) {
         scan(r)
     } else {
-        crate::pcapfile::scan(r)
+        crate::pcapfile::scan_at(f)
     }
 }
 

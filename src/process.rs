@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ struct Inner {
     hup_wakers: Mutex<Vec<UnixStream>>,
     /// What SIGUSR1 does, once a subcommand has something to report.
     usr1: Mutex<Option<Usr1Handler>>,
+    /// The exit code a finalizing run has committed to (in its done marker), or -1.
+    final_code: AtomicI32,
 }
 
 /// Runs on the `signals` thread on every SIGUSR1.
@@ -75,6 +77,7 @@ impl Shutdown {
                 hups: AtomicU64::new(0),
                 hup_wakers: Mutex::new(Vec::new()),
                 usr1: Mutex::new(None),
+                final_code: AtomicI32::new(-1),
             }),
         }
     }
@@ -126,6 +129,18 @@ impl Shutdown {
         Ok(rx)
     }
 
+    /// Records that the run is finalizing with `code`, the exit code its done marker states. A
+    /// second stop signal from then on exits with that code instead of [`crate::exit::FORCED`],
+    /// so the exit status and the marker never disagree.
+    pub fn finalizing(&self, code: u8) {
+        self.inner.final_code.store(code as i32, Ordering::SeqCst);
+    }
+
+    /// The code recorded by [`Shutdown::finalizing`], if any.
+    pub fn final_code(&self) -> Option<u8> {
+        u8::try_from(self.inner.final_code.load(Ordering::SeqCst)).ok()
+    }
+
     /// Number of SIGHUPs received so far.
     pub fn hups(&self) -> u64 {
         self.inner.hups.load(Ordering::SeqCst)
@@ -168,6 +183,10 @@ pub fn drain_waker(s: &mut UnixStream) {
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+/// How long a second stop signal waits for a run that is already finishing (its marker written)
+/// to exit by itself: the last steps are a directory fsync and a log line.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+
 /// What the signal thread does on a second stop signal.
 pub type ForceExit = Box<dyn Fn() + Send + 'static>;
 
@@ -208,6 +227,13 @@ pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std:
                         let name = signal_name(sig);
                         if shutdown.trigger(StopReason::Signal(name)) {
                             tracing::info!(signal = name, "Received stop signal; stopping gracefully. Send it again to exit at once.");
+                        } else if let Some(code) = shutdown.final_code() {
+                            // The marker is written (or being written): let the run end by
+                            // itself, which takes moments, and exit with the marker's code if
+                            // it does not.
+                            tracing::warn!(signal = name, exit_code = code, "Received a second stop signal while finishing; exiting with the code the done marker states.");
+                            std::thread::sleep(FINISH_GRACE);
+                            std::process::exit(code as i32);
                         } else {
                             tracing::warn!(signal = name, "Received a second stop signal; exiting at once.");
                             on_force();
@@ -324,6 +350,16 @@ mod tests {
         assert!(!s.trigger(StopReason::Other("later".into())));
         assert_eq!(s.reason(), Some(StopReason::Signal("SIGTERM")));
         assert!(s.token().is_cancelled());
+    }
+
+    #[test]
+    fn finalizing_records_the_markers_exit_code() {
+        let s = Shutdown::new();
+        assert_eq!(s.final_code(), None);
+        s.finalizing(0);
+        assert_eq!(s.final_code(), Some(0));
+        s.finalizing(1);
+        assert_eq!(s.final_code(), Some(1));
     }
 
     #[test]

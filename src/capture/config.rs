@@ -12,6 +12,12 @@ use crate::config::{parse_duration, parse_size};
 /// The default of `--prefix`, which `-w -` accepts because it is not a choice the user made.
 pub const DEFAULT_PREFIX: &str = "capture";
 
+/// The longest filter accepted, in bytes. tcpdump-style filters are a line or two; libpcap's
+/// optimizer time grows much faster than a filter's length (4 KB of `port N or ...` takes about
+/// 30 s of CPU, 100 KB took 15 minutes and 23 GB), so longer ones are refused up front. 4 KiB
+/// still fits a list of some 200 hosts.
+pub const MAX_FILTER_LEN: usize = 4096;
+
 /// libpcap's largest snapshot length for most link types; `-s 0` means this, as in tcpdump.
 pub const MAX_SNAPLEN: u32 = 262_144;
 
@@ -57,6 +63,12 @@ impl CaptureConfig {
             (None, true) => None,
         }
         .filter(|f| !f.trim().is_empty());
+        if let Some(f) = filter.as_ref().filter(|f| f.len() > MAX_FILTER_LEN) {
+            return Err(format!(
+                "--filter: {} bytes is longer than the {MAX_FILTER_LEN} accepted (libpcap's optimizer needs minutes and gigabytes for filters that long); shorten it, e.g. with net/portrange instead of many host/port terms",
+                f.len()
+            ));
+        }
         if a.interface.is_empty() {
             return Err("--interface: must not be empty".into());
         }
@@ -305,6 +317,14 @@ mod tests {
         assert!(cfg(&["-s", "300000"]).unwrap_err().contains("--snaplen"));
         assert!(cfg(&["--prefix", "../x"]).unwrap_err().contains("--prefix"));
         assert!(cfg(&["--listen", "nope"]).unwrap_err().contains("--listen"));
+        let long = vec!["port 1 or"; 500].join(" ") + " port 2";
+        assert!(cfg(&["--filter", &long]).unwrap_err().contains("4096"));
+        assert!(cfg(&["--duration", "18446744073709551615s"])
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(cfg(&["-G", "18446744073709551615"])
+            .unwrap_err()
+            .contains("out of range"));
         assert!(
             cfg(&["--filter", "tcp", "udp"]).is_err(),
             "--filter and an expression conflict"

@@ -74,16 +74,34 @@ pub struct Outcome {
     pub marker: DoneMarker,
 }
 
+/// An error creating or removing a file in the output directory, which exists (checked first).
 fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
     let d = dir.display();
     match e.kind() {
-        io::ErrorKind::NotFound => CaptureError::Config(format!("output directory {d} does not exist: create it or mount the volume there (--dir)")),
+        _ if e.raw_os_error() == Some(nix::libc::EROFS) => CaptureError::Permission(format!("output directory {d} is on a read-only file system")),
         io::ErrorKind::PermissionDenied => CaptureError::Permission(format!(
             "output directory {d} is not writable by uid {}: {e} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
             nix::unistd::geteuid()
         )),
-        _ if e.raw_os_error() == Some(nix::libc::EROFS) => CaptureError::Permission(format!("output directory {d} is on a read-only file system")),
+        // The directory exists, yet creating a file in it says "not found": a special file
+        // system such as /proc or /sys, which has no place for new files.
+        io::ErrorKind::NotFound => CaptureError::Permission(format!("output directory {d} exists but files cannot be created in it ({e}): it is not a writable file system (/proc, /sys?); mount the volume elsewhere (--dir)")),
         _ => CaptureError::Io(format!("output directory {d}: {e}")),
+    }
+}
+
+/// Checks `--dir` before anything is created in it.
+fn check_dir(dir: &std::path::Path) -> Result<(), CaptureError> {
+    let d = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(CaptureError::Config(format!(
+            "--dir {d} is not a directory"
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CaptureError::Config(format!(
+            "output directory {d} does not exist: create it or mount the volume there (--dir)"
+        ))),
+        Err(e) => Err(dir_error(dir, &e)),
     }
 }
 
@@ -134,19 +152,11 @@ fn dir_writable_without_override(dir: &std::path::Path) -> bool {
 
 /// Checks the output directory, takes its lock and removes an earlier run's done marker.
 fn claim_directory(cfg: &CaptureConfig) -> Result<(Layout, CaptureLock), CaptureError> {
-    match std::fs::metadata(&cfg.dir) {
-        Ok(m) if !m.is_dir() => {
-            return Err(CaptureError::Config(format!(
-                "--dir {} is not a directory",
-                cfg.dir.display()
-            )))
-        }
-        Ok(_) => {}
-        Err(e) => return Err(dir_error(&cfg.dir, &e)),
-    }
     let layout = Layout::new(&cfg.dir, &cfg.prefix);
     let lock = CaptureLock::acquire(&layout).map_err(|e| match e {
         LockError::Busy { .. } => CaptureError::Config(e.to_string()),
+        // A planted link or FIFO as the lock: a configuration problem on the volume (exit 3).
+        LockError::Io(io) if crate::volume::is_refused(&io) => CaptureError::Config(io.to_string()),
         LockError::Io(io) => dir_error(&cfg.dir, &io),
     })?;
     match std::fs::remove_file(layout.marker_path()) {
@@ -198,6 +208,15 @@ fn open_sink(
 /// on an error.
 pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
     let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
+    if !cfg.stdout {
+        check_dir(&cfg.dir)?;
+    }
+    if shutdown.is_triggered() {
+        // Nothing is ours yet (not even the lock): nothing to finalize or mark.
+        return Ok(Outcome {
+            marker: DoneMarker::default(),
+        });
+    }
     let (dest, _lock) = if cfg.stdout {
         stdout::refuse_terminal()?;
         (Dest::Stdout, None)
@@ -231,7 +250,14 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     // Only this thread opens the handle; the capability is dropped again right after.
     crate::process::raise_effective(caps::Capability::CAP_NET_RAW);
     source::wait_for_interface(&cfg, &shutdown);
-    let src = source::open(&cfg)?;
+    let src = match shutdown.is_triggered() {
+        true => None,
+        false => source::open(&cfg, &shutdown)?,
+    };
+    let Some(src) = src else {
+        // Stopped while waiting for the interface or compiling the filter: a clean stop.
+        return stopped_before_capture(&cfg, &dest, started, &shutdown);
+    };
     let linktype = src.linktype;
     let framing = format::Framing::new(&cfg, linktype);
     let overhead = framing.overhead();
@@ -325,12 +351,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         files: summary.files,
         files_deleted: summary.files_deleted,
     };
-    if let Dest::Dir(layout) = &dest {
-        let json = serde_json::to_vec_pretty(&marker).unwrap_or_default();
-        if let Err(e) = files::write_atomic(&layout.marker_path(), &json) {
-            tracing::error!(error = %e, "Could not write the done marker; the uploader will treat the capture as dead and upload what is complete.");
-        }
-    }
+    let marker_written = write_marker(&dest, &marker, &shutdown);
     tracing::info!(
         reason = %marker.reason,
         packets_captured = marker.packets_captured,
@@ -344,15 +365,88 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     if !cfg.quiet && cfg.log_format == LogFormat::Text {
         crate::term::print_block(&report::exit_summary(&marker, &dest));
     }
-    match error {
-        Some(e) => Err(CaptureError::Runtime(match &dest {
-            Dest::Dir(layout) => format!(
-                "{e} (files finalized; marker {} written)",
-                layout.marker_path().display()
-            ),
-            Dest::Stdout => e,
-        })),
-        None => Ok(Outcome { marker }),
+    let marker_note = |written: bool| match &dest {
+        Dest::Dir(layout) if written => {
+            format!("marker {} written", layout.marker_path().display())
+        }
+        Dest::Dir(layout) => format!(
+            "the marker {} could not be written",
+            layout.marker_path().display()
+        ),
+        Dest::Stdout => "no marker with -w -".into(),
+    };
+    match (error, marker_written) {
+        (Some(e), w) => Err(CaptureError::Runtime(format!(
+            "{e} (files finalized; {})",
+            marker_note(w)
+        ))),
+        (None, true) => Ok(Outcome { marker }),
+        (None, false) => Err(CaptureError::Runtime(format!(
+            "files finalized, but {}",
+            marker_note(false)
+        ))),
+    }
+}
+
+/// Writes the done marker (one retry: a momentary EMFILE or ENOSPC often passes) and tells the
+/// signal thread its exit code, so a stop signal from here on exits with the code the marker
+/// states. Returns whether the marker is on disk; the log says which, never both.
+fn write_marker(dest: &Dest, marker: &DoneMarker, shutdown: &Shutdown) -> bool {
+    shutdown.finalizing(marker.exit_code);
+    // `-w -` has no directory and no marker: nothing to write, nothing claimed.
+    let Dest::Dir(layout) = dest else {
+        return true;
+    };
+    let json = serde_json::to_vec_pretty(marker).unwrap_or_default();
+    let mut result = files::write_atomic(&layout.marker_path(), &json);
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "Could not write the done marker; retrying once.");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        result = files::write_atomic(&layout.marker_path(), &json);
+    }
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            // Without a marker the capture must not claim exit 0 to a second signal either.
+            shutdown.finalizing(exit::RUNTIME);
+            tracing::error!(marker = %layout.marker_path().display(), error = %e, "Could not write the done marker; the uploader will treat the capture as dead and upload what is complete.");
+            false
+        }
+    }
+}
+
+/// A stop signal arrived before the capture opened (waiting for the interface, compiling the
+/// filter): nothing was captured and no file was created. That is a clean stop (exit 0), and
+/// the marker says so, so the uploader does not wait for a capture that will never come.
+fn stopped_before_capture(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    started: SystemTime,
+    shutdown: &Shutdown,
+) -> Result<Outcome, CaptureError> {
+    let reason = shutdown
+        .reason()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "stop requested".into());
+    let marker = DoneMarker {
+        version: 1,
+        sidecap_version: env!("CARGO_PKG_VERSION").into(),
+        interface: cfg.interface.clone(),
+        snaplen: cfg.snaplen,
+        started_at: files::rfc3339(started),
+        ended_at: files::rfc3339(SystemTime::now()),
+        reason: format!("{reason} before the capture started; nothing captured"),
+        clean: true,
+        exit_code: exit::OK,
+        ..Default::default()
+    };
+    tracing::info!(reason = %marker.reason, "Stopped before capturing.");
+    if write_marker(dest, &marker, shutdown) {
+        Ok(Outcome { marker })
+    } else {
+        Err(CaptureError::Runtime(
+            "stopped before capturing, but the done marker could not be written".into(),
+        ))
     }
 }
 

@@ -72,7 +72,7 @@ pub fn wait_for_interface(cfg: &CaptureConfig, shutdown: &Shutdown) {
     if cfg.wait_for_interface.is_zero() || interface_exists(&cfg.interface, &interface_names()) {
         return;
     }
-    tracing::info!(interface = %cfg.interface, wait = ?cfg.wait_for_interface, "Waiting for the interface to appear.");
+    tracing::info!(interface = %cfg.interface, wait = ?cfg.wait_for_interface, "Waiting for the interface to appear; a stop signal ends the wait and the capture cleanly.");
     let t0 = Instant::now();
     while t0.elapsed() < cfg.wait_for_interface && !shutdown.is_triggered() {
         std::thread::sleep(Duration::from_millis(100));
@@ -82,7 +82,9 @@ pub fn wait_for_interface(cfg: &CaptureConfig, shutdown: &Shutdown) {
     }
 }
 
-pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
+/// Opens the handle and compiles the filter. Returns None when a stop was requested while the
+/// filter was being compiled.
+pub fn open(cfg: &CaptureConfig, shutdown: &Shutdown) -> Result<Option<Source>, CaptureError> {
     let names = interface_names();
     if !interface_exists(&cfg.interface, &names) {
         return Err(CaptureError::UnknownInterface {
@@ -126,15 +128,61 @@ pub fn open(cfg: &CaptureConfig) -> Result<Source, CaptureError> {
         }
     }
     // After the link type is final: a BPF program is compiled for one link type.
-    if let Some(f) = &cfg.filter {
-        // Compiled by libpcap only; never handed to a shell.
-        cap.filter(f, true).map_err(|e| CaptureError::Filter {
-            filter: f.clone(),
-            msg: e.to_string(),
-        })?;
-    }
+    let cap = match &cfg.filter {
+        Some(f) => match compile_filter(cap, f, shutdown)? {
+            Some(cap) => cap,
+            None => return Ok(None),
+        },
+        None => cap,
+    };
     let linktype = cap.get_datalink().0 as u32;
-    Ok(Source { cap, linktype })
+    Ok(Some(Source { cap, linktype }))
+}
+
+/// Compiles and installs `filter` on its own thread while this one watches for a stop: libpcap's
+/// optimizer cannot be interrupted and its time grows much faster than the filter's length
+/// (measured here: 1.8 KB of `host` terms 0.35 s, 4 KB of `port` terms 35 s; 100 KB ran for
+/// 15 minutes in 23 GB), and a stop signal must work at every stage of start-up. On a stop the
+/// compiling thread is left to the process exit. Compiled by libpcap only; never handed to a
+/// shell.
+fn compile_filter(
+    mut cap: Capture<Active>,
+    filter: &str,
+    shutdown: &Shutdown,
+) -> Result<Option<Capture<Active>>, CaptureError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let f = filter.to_string();
+    std::thread::Builder::new()
+        .name("bpf-compile".into())
+        .spawn(move || {
+            let r = cap.filter(&f, true).map(|()| cap);
+            let _ = tx.send(r);
+        })
+        .map_err(|e| CaptureError::Io(format!("cannot start the filter compiler thread: {e}")))?;
+    let t0 = Instant::now();
+    let mut said = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => {
+                return r.map(Some).map_err(|e| CaptureError::Filter {
+                    filter: filter.to_string(),
+                    msg: e.to_string(),
+                })
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(CaptureError::Io("the filter compiler thread died".into()))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        if shutdown.is_triggered() {
+            tracing::info!("Stop requested while compiling the filter; not waiting for it.");
+            return Ok(None);
+        }
+        if !said && t0.elapsed() > Duration::from_secs(2) {
+            said = true;
+            tracing::info!(filter_bytes = filter.len(), "Compiling the filter is taking a while (libpcap's optimizer); a stop signal still works.");
+        }
+    }
 }
 
 fn classify_open_error(interface: &str, e: pcap::Error) -> CaptureError {

@@ -6,12 +6,13 @@
 //!
 //! Disk full (ENOSPC, EDQUOT): the buffer that did not fit is dropped and counted, the file is
 //! truncated back to its last complete record so it stays valid, one warning is logged per
-//! episode, and writing resumes by itself when space returns. Any other write error is fatal:
+//! episode, and writing resumes by itself when space returns. Data goes in with pwrite(2) at the
+//! end of the last complete record, so the truncation and the next write always meet. Any other write error is fatal:
 //! the current file is finalized (it holds only complete records) and the capture stops.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -239,7 +240,10 @@ impl Writer {
         let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
-        match (&*cur.file).write_all(buf) {
+        // Positioned write at the end of the last complete record, never at the file offset: a
+        // short write on a full disk moves the offset past what the truncation below keeps, and
+        // writing there later left a zero-filled hole (bogus zero-length records stamped 1970).
+        match cur.file.write_all_at(buf, cur.len) {
             Ok(()) => {
                 cur.len += n;
                 cur.dirty = true;
@@ -416,7 +420,8 @@ impl Writer {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        match (&*cur.file).write_all(&trailer) {
+        // Positioned, like every data write: the file offset is not where the data ends.
+        match cur.file.write_all_at(&trailer, cur.len) {
             Ok(()) => cur.len += trailer.len() as u64,
             Err(e) => {
                 let _ = cur.file.set_len(cur.len);

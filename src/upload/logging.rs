@@ -3,6 +3,8 @@
 //! stdout. kubelet discards a hook's own output, so without this a preStop upload leaves no
 //! trace in `kubectl logs`.
 //!
+//! Never coloured: both destinations are pipes read by the kubelet or a log collector.
+//!
 //! PID 1's stdout is opened non-blocking (a new open file description, so PID 1's own stays
 //! as it is): when that pipe is full, the line is dropped there instead of stalling the hook.
 

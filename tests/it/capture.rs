@@ -831,3 +831,357 @@ fn any_interface_writes_linux_sll2_like_tcpdump() {
         "lo's ifindex recorded: {ifindex:?}"
     );
 }
+
+/// Regression (issue 10, class 8): `capture` and `uploader` wrote ANSI colour codes into a pipe,
+/// so `kubectl logs` was full of escape sequences. Colour only on a terminal, never with
+/// NO_COLOR set; on a terminal without NO_COLOR colour stays (so this test can tell).
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal_or_with_no_color() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    let missing = format!("{d}/missing");
+    let runs: [Vec<&str>; 2] = [
+        vec!["capture", "-i", "nosuch0", "-w", &d, "--listen", "off"],
+        vec!["uploader", "-w", &missing, "--listen", "off"],
+    ];
+    for args in &runs {
+        let out = Command::new(bin())
+            .args(args)
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
+        let err = &out.stderr;
+        assert!(
+            err.windows(5).any(|w| w == b"ERROR"),
+            "{args:?} logs its error"
+        );
+        assert!(
+            !err.contains(&0x1b),
+            "{args:?}: escape codes in a pipe: {}",
+            String::from_utf8_lossy(err)
+        );
+    }
+    // On a pseudo-terminal (script(1) gives the child one).
+    let on_pty = |no_color: Option<&str>, args: &[&str]| {
+        let line = std::iter::once(bin().display().to_string())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]).env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        c.output().unwrap().stdout
+    };
+    for args in &runs {
+        let plain = on_pty(Some("1"), args);
+        assert!(
+            plain.windows(5).any(|w| w == b"ERROR"),
+            "{}",
+            String::from_utf8_lossy(&plain)
+        );
+        assert!(
+            !plain.contains(&0x1b),
+            "NO_COLOR=1 on a terminal: {}",
+            String::from_utf8_lossy(&plain)
+        );
+        assert!(
+            on_pty(None, args).contains(&0x1b),
+            "a terminal without NO_COLOR keeps colour"
+        );
+    }
+}
+
+// ---- Issue 10: hostile inputs and stop signals at every stage of start-up. ----
+
+/// Regression: SIGTERM while waiting for the interface exited 3 with no marker, so an uploader
+/// waited for a capture that would never come. It is a clean stop that says nothing was captured.
+#[test]
+fn sigterm_while_waiting_for_the_interface_is_a_clean_stop_with_a_marker() {
+    require_root();
+    let dir = tempdir();
+    let mut cmd = capture_cmd(dir.path(), "nosuch9");
+    cmd.args(["--wait-for-interface", "60s"]);
+    let p = Proc::spawn(&mut cmd);
+    p.wait_log("Waiting for the interface", Duration::from_secs(10));
+    let t0 = Instant::now();
+    let (code, p) = stop(p);
+    assert_eq!(code, 0, "log:\n{}", p.log_text());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let m = marker(dir.path());
+    assert!(
+        m["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SIGTERM before the capture started; nothing captured"),
+        "{m}"
+    );
+    assert_eq!(m["exit_code"], 0);
+    assert_eq!(m["clean"], true);
+    assert_eq!(m["files"].as_array().unwrap().len(), 0);
+    assert!(files_with(dir.path(), ".pcap").is_empty());
+}
+
+/// A filter of `n` bytes or a little less: many `port` terms, what makes libpcap's optimizer slow.
+fn port_filter(n: usize) -> String {
+    let mut s = String::from("port 1");
+    let mut i = 2;
+    loop {
+        let next = format!(" or port {i}");
+        if s.len() + next.len() > n {
+            return s;
+        }
+        s.push_str(&next);
+        i += 1;
+    }
+}
+
+/// Regression: a 100 KB filter kept libpcap's optimizer busy for 15 minutes (23 GB) and SIGTERM
+/// was ignored meanwhile. Filters over 4 KiB are refused; a long one still being compiled does
+/// not hold up a stop.
+#[test]
+fn long_filters_are_refused_and_a_stop_works_while_compiling() {
+    require_root();
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap();
+    let t0 = Instant::now();
+    let (code, err) = run_fail(&[
+        "capture",
+        "-i",
+        "lo",
+        "-w",
+        d,
+        "--listen",
+        "off",
+        &port_filter(100_000),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("longer than the 4096 accepted"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let mut cmd = capture_cmd(dir.path(), "lo");
+    cmd.arg(port_filter(4096));
+    let p = Proc::spawn(&mut cmd);
+    p.wait_log(
+        "Compiling the filter is taking a while",
+        Duration::from_secs(10),
+    );
+    let t0 = Instant::now();
+    let (code, p) = stop(p);
+    assert_eq!(code, 0, "log:\n{}", p.log_text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "stopped after {:?}",
+        t0.elapsed()
+    );
+    assert!(marker(dir.path())["reason"]
+        .as_str()
+        .unwrap()
+        .contains("nothing captured"));
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Regression: the admin server had no header-read timeout and no connection cap; idle
+/// connections held descriptors until a rotation failed with EMFILE and the capture exited 1
+/// without a marker (its last line claiming one). Under a 128-descriptor limit, 200 idle
+/// connections and a rotation every second must leave the capture running and its probes
+/// answered; a connection that never finishes its headers is closed; wrong methods get 405.
+#[test]
+fn admin_server_bounds_idle_connections_and_slow_headers() {
+    require_root();
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=128:128", "--"])
+        .arg(bin())
+        .args(["--log-format", "json", "capture", "-i", "lo", "-w"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "-G", "1", &filter(port)]);
+    let (p, addr) = start_capture(&mut cmd);
+    let base = fd_count(p.pid());
+    let idle: Vec<_> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fd_count(p.pid());
+    assert!(
+        held <= base + 64 + 2,
+        "fds {base} -> {held} with {} idle connections",
+        idle.len()
+    );
+    assert_eq!(
+        http_get(&addr, "/livez").map(|r| r.0),
+        Some(200),
+        "probes answered at the cap"
+    );
+    // Rotations go on (each needs a descriptor).
+    send_udp(port, 10, 50);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        files_with(dir.path(), ".pcap").len() >= 2,
+        "log:\n{}",
+        p.log_text()
+    );
+    drop(idle);
+    // A client that never finishes its request headers is closed.
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let closed_after = t0.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(9),
+        "slow client held for {closed_after:?} (read {n} bytes)"
+    );
+    // Wrong method: 405 with Allow.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("allow: get, head"),
+        "{out}"
+    );
+    let (code, p) = stop(p);
+    assert_eq!(code, 0, "log:\n{}", p.log_text());
+    let m = marker(dir.path());
+    assert_eq!(m["exit_code"], 0);
+    assert_eq!(m["clean"], true);
+}
+
+/// Regression: `--duration 18446744073709551615s` (or `-G` as many seconds) panicked in the
+/// capture thread; any duration or size that overflows is a configuration error, exit 3.
+#[test]
+fn overflowing_durations_and_sizes_are_config_errors() {
+    for flag in [
+        ["--duration", "18446744073709551615s"],
+        ["--rotate-interval", "18446744073709551615"],
+        ["--wait-for-interface", "600000000000s"],
+        ["--max-total-size", "18446744073709551615"],
+    ] {
+        // -w to a temp dir: were the value accepted, a capture would start there.
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap();
+        let (code, err) = run_fail(&["capture", "-w", d, "--listen", "off", flag[0], flag[1]]);
+        assert_eq!(code, 3, "{flag:?}: {err}");
+        assert!(
+            err.contains(flag[0]) && err.contains("out of range"),
+            "{flag:?}: {err}"
+        );
+    }
+}
+
+/// Regression: `-w /proc` said the directory "does not exist".
+#[test]
+fn a_directory_that_takes_no_files_says_so() {
+    require_root();
+    let (code, err) = run_fail(&["capture", "-i", "lo", "-w", "/proc", "--listen", "off"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("exists but files cannot be created in it"),
+        "{err}"
+    );
+    let (code, err) = run_fail(&[
+        "capture",
+        "-i",
+        "lo",
+        "-w",
+        "/etc/hostname",
+        "--listen",
+        "off",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+}
+
+/// Regression: a second SIGTERM after the marker was written exited 130 while the marker said 0.
+/// The second signal is sent at moments spread over the stop; whenever a marker exists, the
+/// exit code is the one it states, and without one it is 130.
+#[test]
+fn a_second_sigterm_never_contradicts_the_marker() {
+    require_root();
+    let mut agreed = (0, 0);
+    for trial in 0..12u64 {
+        let dir = tempdir();
+        let port = unique_port();
+        let mut cmd = capture_cmd(dir.path(), "lo");
+        cmd.arg(filter(port));
+        let (mut p, _addr) = start_capture(&mut cmd);
+        p.signal(Signal::SIGTERM);
+        // The graceful stop drains for ~250 ms, then finalizes: aim around that.
+        std::thread::sleep(Duration::from_millis(200 + trial * 10));
+        p.signal(Signal::SIGTERM);
+        let code = p.wait_timeout(Duration::from_secs(10)).code();
+        match std::fs::read_to_string(dir.path().join("capture.done")) {
+            Ok(text) => {
+                let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    code,
+                    Some(m["exit_code"].as_u64().unwrap() as i32),
+                    "trial {trial}"
+                );
+                agreed.0 += 1;
+            }
+            Err(_) => {
+                assert_eq!(code, Some(130), "trial {trial}: no marker");
+                agreed.1 += 1;
+            }
+        }
+    }
+    eprintln!(
+        "second SIGTERM: {} runs with a marker, {} forced before it",
+        agreed.0, agreed.1
+    );
+}
+
+/// Regression: when the done marker could not be written the capture still said it was (and
+/// exited as if all was well). A directory where the marker goes makes its rename fail: the run
+/// must exit 1 and say the marker is missing, never that it was written, also when a second
+/// SIGTERM arrives meanwhile.
+#[test]
+fn a_marker_that_cannot_be_written_is_never_claimed() {
+    require_root();
+    let dir = tempdir();
+    let port = unique_port();
+    let mut cmd = capture_cmd(dir.path(), "lo");
+    cmd.arg(filter(port));
+    let (p, _addr) = start_capture(&mut cmd);
+    let blocker = dir.path().join("capture.done");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"x").unwrap();
+    send_udp(port, 20, 60);
+    std::thread::sleep(Duration::from_millis(100));
+    p.signal(Signal::SIGTERM);
+    // A second SIGTERM while the marker is being written: the exit code stays the run's own
+    // (1 here, as no marker could be written), not the forced 130.
+    p.wait_log("retrying once", Duration::from_secs(10));
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let code = p.wait_timeout(Duration::from_secs(10)).code().unwrap_or(-1);
+    let log = p.log_text();
+    assert_eq!(code, 1, "log:\n{log}");
+    assert!(log.contains("could not be written"), "{log}");
+    assert!(
+        !log.contains("marker written") && !log.contains(".done written"),
+        "{log}"
+    );
+    // The files themselves are finalized.
+    let f = files_with(dir.path(), ".pcap");
+    assert_eq!(f.len(), 1);
+    assert_eq!(capinfos_count(&f[0]), 20);
+}

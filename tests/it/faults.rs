@@ -303,3 +303,237 @@ fn soak_capture_rss_and_fds_stay_flat() {
             .unwrap();
     assert_eq!(m["disk_dropped_packets"], 0);
 }
+
+/// A tmpfs of `size` mounted under a fresh temp dir, unmounted on drop.
+struct SmallFs {
+    mnt: PathBuf,
+    _base: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(size: &str) -> SmallFs {
+        let base = tempdir();
+        let mnt = base.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                mnt.to_str().unwrap(),
+            ],
+        );
+        SmallFs { mnt, _base: base }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// Walks the records of a classic pcap file in native byte order, independently of our own
+/// walker (which must accept zero-length records: libpcap can write them). Returns each record's
+/// (seconds, caplen); panics on a record that runs past the end.
+fn record_walk(path: &Path) -> Vec<(u32, u32)> {
+    let data = std::fs::read(path).unwrap();
+    let u32_at = |o: usize| u32::from_ne_bytes(data[o..o + 4].try_into().unwrap());
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off < data.len() {
+        assert!(
+            off + 16 <= data.len(),
+            "{}: torn header at {off}",
+            path.display()
+        );
+        let (sec, caplen) = (u32_at(off), u32_at(off + 8));
+        off += 16 + caplen as usize;
+        assert!(off <= data.len(), "{}: torn body", path.display());
+        out.push((sec, caplen));
+    }
+    out
+}
+
+/// Regression (issue 10, class 1): after a disk-full episode the writer truncated the file back
+/// to its last complete record but kept writing at the old file offset, so every later record
+/// came after a zero-filled hole: tshark called the file damaged, and a walker saw thousands of
+/// zero-length records stamped 1970. Several episodes of bursts of large packets on a small
+/// tmpfs; every file must read end to end, with only the dropped packets missing.
+#[test]
+fn disk_full_episodes_leave_no_hole_in_the_file() {
+    require_root();
+    let fs = SmallFs::new("4m");
+    let port = unique_port();
+    let mut cmd = capture_cmd(&fs.mnt, "lo");
+    cmd.args(["--flush-interval", "50ms", &format!("udp port {port}")]);
+    let (p, addr) = start_capture(&mut cmd);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |first: u32, n: u32, len: usize| {
+        let mut b = vec![0x33u8; len];
+        for i in first..first + n {
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            sock.send_to(&b, ("127.0.0.1", port)).unwrap();
+            if i % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    };
+    let mut marks = Vec::new();
+    for episode in 0..3u32 {
+        // Leave under 1 MB free, then bursts of large packets (several MB) overflow it.
+        let filler = fs.mnt.join("filler");
+        let free = nix::sys::statvfs::statvfs(&fs.mnt).unwrap();
+        let avail = free.blocks_available() * free.fragment_size();
+        std::fs::write(&filler, vec![0u8; avail.saturating_sub(700 << 10) as usize]).unwrap();
+        for burst in 0..3 {
+            send(episode * 100_000 + burst * 1000, 400, 8000);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        std::fs::remove_file(&filler).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // Small marked packets after space returned must all be readable.
+        let first = 1_000_000 + episode * 1000;
+        send(first, 20, 100);
+        marks.extend(first..first + 20);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let dropped = metric(&addr, "sidecap_disk_dropped_packets_total");
+    let mut p = p;
+    p.signal(Signal::SIGTERM);
+    let code = p.wait_timeout(Duration::from_secs(10)).code();
+    assert_eq!(code, Some(0), "log:\n{}", p.log_text());
+    assert!(dropped > 0, "the episodes must drop packets");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fs.mnt.join("capture.done")).unwrap())
+            .unwrap();
+    let files = files_with(&fs.mnt, ".pcap");
+    assert!(!files.is_empty());
+    let mut seqs = Vec::new();
+    let mut records = 0u64;
+    for f in &files {
+        for (sec, caplen) in record_walk(f) {
+            assert!(
+                caplen > 0 && sec > 1_500_000_000,
+                "{}: bogus record (sec {sec}, caplen {caplen}): a hole in the file",
+                f.display()
+            );
+            records += 1;
+        }
+        assert!(scan(f).is_clean(), "{}", f.display());
+        // tshark reads it to the end (tshark_fields asserts it reports no damage).
+        assert_eq!(capinfos_count(f), scan(f).packets);
+        seqs.extend(udp_seqs(f, port));
+    }
+    assert_eq!(records, m["packets_written"].as_u64().unwrap());
+    assert_eq!(m["disk_dropped_packets"].as_u64().unwrap(), dropped);
+    for mark in marks {
+        assert!(
+            seqs.contains(&mark),
+            "packet {mark} sent after space returned is missing"
+        );
+    }
+}
+
+/// A pcap of `n` records with distinct, non-header-like payloads; returns it with each record's
+/// offset.
+fn synthetic_pcap(n: u32) -> (Vec<u8>, Vec<usize>) {
+    let mut v = sidecap::pcapfile::file_header(1, 65535, false).to_vec();
+    let mut offsets = Vec::new();
+    for i in 0..n {
+        offsets.push(v.len());
+        let len = 60 + (i * 37) % 1400;
+        let mut data = vec![0x90u8; len as usize];
+        data[..4].copy_from_slice(&i.to_be_bytes());
+        sidecap::pcapfile::push_record(
+            &mut v,
+            1_790_000_000 + i / 100,
+            (i % 100) * 10_000,
+            len,
+            len,
+            &data,
+        );
+    }
+    (v, offsets)
+}
+
+/// Regression (issue 10, class 2): one corrupt length field early in a big file made `repair`
+/// cut 94% of it and exit 0, and a zero-filled hole passed as records. Damage before the end is
+/// now reported (offset, what), cut out with every record around it kept, and exits 7.
+#[test]
+fn repair_keeps_every_record_around_damage_and_says_where_it_was() {
+    let dir = tempdir();
+    let (v, offsets) = synthetic_pcap(5000);
+    let mut bad_len = v.clone();
+    let at = offsets[100] + 8;
+    bad_len[at..at + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
+    let f1 = dir.path().join("badlen.pcap");
+    std::fs::write(&f1, &bad_len).unwrap();
+    let mut holed = v[..offsets[3000]].to_vec();
+    holed.extend(std::iter::repeat(0u8).take(1 << 20));
+    holed.extend_from_slice(&v[offsets[3000]..]);
+    let f2 = dir.path().join("hole.pcap.part");
+    std::fs::write(&f2, &holed).unwrap();
+    let run = |extra: &[&str]| {
+        let o = std::process::Command::new(bin())
+            .arg("repair")
+            .args(extra)
+            .arg(&f1)
+            .arg(&f2)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let (code, out) = run(&["--dry-run"]);
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains(&format!("offset {}", offsets[100])), "{out}");
+    assert!(
+        out.contains(&format!("offset {}, {} bytes", offsets[3000], 1 << 20)),
+        "{out}"
+    );
+    assert!(out.contains("len 0"), "the hole is named: {out}");
+    assert_eq!(
+        std::fs::read(&f1).unwrap(),
+        bad_len,
+        "a dry run changes nothing"
+    );
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains("kept every complete record"), "{out}");
+    assert_eq!(
+        capinfos_count(&f1),
+        4999,
+        "only the record with the corrupt length is gone"
+    );
+    assert_eq!(tshark_fields(&f1, None, "frame.number").len(), 4999);
+    assert_eq!(capinfos_count(&f2), 5000);
+    assert_eq!(
+        std::fs::read(&f2).unwrap(),
+        v,
+        "the hole is cut out exactly"
+    );
+    // Repaired files are clean: a second run has nothing to do.
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok, 4999 packets") && out.contains("ok, 5000 packets"),
+        "{out}"
+    );
+    let help = std::process::Command::new(bin())
+        .args(["repair", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("damage before the end") && help.contains("(exit 7)"),
+        "{help}"
+    );
+}

@@ -412,12 +412,11 @@ fn pcapng_uploads_as_application_x_pcapng() {
     assert_eq!(got[0].body, std::fs::read(&f).unwrap());
 }
 
-// Ignored until the writer's disk-full fix (helper `hardcap`) lands: today a partial write is
-// truncated away but the file offset stays past it, so the next write leaves a hole of zeros (a
-// pcapng reader stops there). With the offset put back, this passes; without the kept interface
-// block it fails with tshark's "interface index 1 is not less than section interface count 1".
+// A buffer dropped on a full disk may hold the interface block of the packets after it: the
+// writer keeps those blocks and writes them before the next data (and writes at the end of the
+// last complete block, so no hole is left). Without the kept block tshark fails with
+// "interface index 1 is not less than section interface count 1".
 #[test]
-#[ignore = "needs the writer's disk-full offset fix (hardcap)"]
 fn disk_full_at_a_files_first_packets_keeps_their_interface_for_the_packets_after() {
     require_root();
     let base = tempdir();
