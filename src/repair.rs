@@ -94,9 +94,11 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
     let unreadable = |e: ScanError| RepairError::Unreadable(name.clone(), e);
     // Never through a symlink, and only a regular file: the uploader repairs files on a shared
     // volume where anyone with write access could plant a link to something else.
+    // O_NONBLOCK: a FIFO planted under the name opens at once (and is refused below) instead
+    // of blocking until a writer comes.
     let src = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| unreadable(e.into()))?;
     if !src.metadata().map_err(|e| unreadable(e.into()))?.is_file() {
@@ -126,14 +128,16 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
     if damaged.is_empty() {
         let f = OpenOptions::new()
             .write(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(path)
+            .and_then(|f| same_file(&src, f))
             .map_err(|e| RepairError::Truncate(name.clone(), e))?;
         f.set_len(scan.valid_len)
             .and_then(|_| f.sync_all())
             .map_err(|e| RepairError::Truncate(name, e))?;
     } else {
-        rewrite_without(path, &scan.kept_spans()).map_err(|e| RepairError::Truncate(name, e))?;
+        rewrite_without(path, &src, &scan.kept_spans())
+            .map_err(|e| RepairError::Truncate(name, e))?;
     }
     let after = Scan {
         packets: scan.all_packets(),
@@ -154,13 +158,22 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
     })
 }
 
+/// `f` if it is the file `scanned` was opened on: the name may have been replaced (by a link,
+/// which O_NOFOLLOW refuses, or by another file) between the scan and this second open, and a
+/// cut must never land on a file that was not scanned.
+fn same_file(scanned: &std::fs::File, f: std::fs::File) -> io::Result<std::fs::File> {
+    let (a, b) = (scanned.metadata()?, f.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(io::Error::other(
+            "the file was replaced while it was being checked; nothing changed",
+        ));
+    }
+    Ok(f)
+}
+
 /// Writes the `kept` byte ranges of `path` to a temporary beside it (same mode and, when we may,
 /// same owner), fsyncs it, renames it over `path` and fsyncs the directory.
-fn rewrite_without(path: &Path, kept: &[(u64, u64)]) -> io::Result<()> {
-    let src = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
+fn rewrite_without(path: &Path, src: &std::fs::File, kept: &[(u64, u64)]) -> io::Result<()> {
     let meta = src.metadata()?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(path.file_name().unwrap_or_default());
@@ -307,6 +320,20 @@ mod tests {
         let r = repair_file(&p, true).unwrap();
         assert!(r.removed > 0);
         assert_eq!(std::fs::read(&p).unwrap().len(), full.len() - 3);
+    }
+
+    #[test]
+    fn a_file_replaced_after_the_scan_is_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.pcap"), dir.path().join("b"));
+        std::fs::write(&a, b"scanned").unwrap();
+        std::fs::write(&b, b"victim").unwrap();
+        let scanned = std::fs::File::open(&a).unwrap();
+        assert!(same_file(&scanned, std::fs::File::open(&a).unwrap()).is_ok());
+        std::fs::rename(&b, &a).unwrap();
+        let e = same_file(&scanned, std::fs::File::open(&a).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"victim");
     }
 
     #[test]
