@@ -104,7 +104,11 @@ start_pod() {
     "$image" uploader --dir /capture $4 >/dev/null || return 1
   wait_started "$pod-uploader" 9798 /readyz || return 1
   # shellcheck disable=SC2086
+  # The Downward API variables the manifests give the capture (the pcapng section header's
+  # Pod identity).
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-capture" --read-only --cap-drop ALL --cap-add NET_RAW \
+    -e "POD_NAME=$pod" -e POD_NAMESPACE=e2e -e POD_UID=00000000-e2e -e NODE_NAME=localhost \
+    -e CONTAINER_IMAGE=localhost/sidecap-debian:bookworm \
     -v "$dir/vol:/capture" "$image" capture --dir /capture $5 >/dev/null || return 1
   wait_started "$pod-capture" 9797 /readyz || return 1
   # Capabilities are per thread: read every thread's sets, once both sidecars are started (the
@@ -189,15 +193,28 @@ pcap_ok() { # readable to the end by tshark, no "cut short" or other complaint
     [ "$rc" = 0 ] && [ -z "$out" ] || { echo "    $f: rc $rc $out"; return 1; }
   done
 }
-received_files() { find "$dir/recv" -maxdepth 1 -name '*.pcap' | sort; }
+received_files() { find "$dir/recv" -maxdepth 1 \( -name '*.pcap' -o -name '*.pcapng' \) | sort; }
+volume_files() { find "$dir/vol" -maxdepth 1 \( -name '*.pcap' -o -name '*.pcapng' \) | sort; }
 all_volume_files_received() { # every finished file on the volume arrived byte for byte
   local f name got
-  for f in "$dir"/vol/*.pcap; do
+  for f in $(volume_files); do
     name="$(basename "$f")"
     got="$(find "$dir/recv" -maxdepth 1 -name "*-$name" | head -1)"
     [ -n "$got" ] || { echo "    $name not received"; return 1; }
     cmp -s "$f" "$got" || { echo "    $name differs from what was received"; return 1; }
   done
+}
+pcapng_identity() { # the section header's comment and the interface names, as tshark reads them
+  local f n=0
+  for f in $(received_files); do
+    n=$((n + 1))
+    [ "${f%.pcapng}" != "$f" ] || { echo "    $f: not .pcapng"; return 1; }
+    capinfos -k "$f" 2>/dev/null | grep -q "kubernetes pod=$pod namespace=e2e uid=00000000-e2e node=localhost" \
+      || { echo "    $f: no Pod identity in the section header"; capinfos -k "$f" | tail -1; return 1; }
+  done
+  [ "$n" -gt 0 ] || return 1
+  # -i any: the packets name their interface (lo in this pod) through the per-interface blocks.
+  [ "$(tshark -r "$(received_files | tail -1)" -T fields -e frame.interface_name 2>/dev/null | sort -u)" = lo ]
 }
 no_duplicates() { # idempotent: each file uploaded once
   local dups
@@ -297,13 +314,15 @@ else bad "pod start-up"; dump_logs; fi
 case=deployment
 echo "== deployment: the Pod is deleted while main still runs; rotation + continuous upload (grace 20s)"
 before=$fail
-if start_pod deploy 20 0 "--continuous --poll-interval 500ms" "--max-total-size 64MiB --rotate-interval 2s" "serve 0 0.2"; then
+# The capture writes pcapng, as the manifests in k8s/examples do.
+if start_pod deploy 20 0 "--continuous --poll-interval 500ms" "--max-total-size 64MiB --rotate-interval 2s --format pcapng" "serve 0 0.2"; then
   sleep 7   # main keeps making requests; the capture rotates, the uploader ships finished files
   check "continuous mode uploaded files while the app ran" [ -n "$(received_files)" ]
   delete_pod "$prestop"
   show_timeline
   lifecycle_asserts
-  check "more than one file (rotation)" [ "$(find "$dir/vol" -name '*.pcap' | wc -l)" -ge 2 ]
+  check "more than one file (rotation)" [ "$(volume_files | wc -l)" -ge 2 ]
+  check "every file is pcapng and names the Pod and the interface" pcapng_identity
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
 
