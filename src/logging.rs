@@ -6,7 +6,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
@@ -22,21 +24,34 @@ fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.map_or(true, |v| v.is_empty())
 }
 
+/// The log filter: `--log-level`, else `RUST_LOG`, else `info`; a filter that does not parse
+/// means `info`, as it did with env-filter. `Targets` parses the same directives (`debug`,
+/// `sidecap=trace,warn`) without env-filter's regex engine, ~400 KB of the image (docs/image.md).
+pub fn filter(level: Option<&str>) -> Targets {
+    let env = std::env::var("RUST_LOG").ok();
+    level
+        .or(env.as_deref())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+}
+
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = filter(level);
+    // The builder's own level cap (default info) is lifted: `filter` alone decides.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(crate::term::LogWriter)
         .with_ansi(use_colour())
         .with_target(false);
     // A second init (tests calling run() twice) is harmless; ignore it.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }
 
@@ -44,6 +59,7 @@ pub fn init(format: LogFormat, level: Option<&str>) {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+    use tracing::Level;
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
@@ -51,5 +67,22 @@ mod tests {
         assert!(colour_allowed(true, Some(OsStr::new(""))));
         assert!(!colour_allowed(true, Some(OsStr::new("1"))));
         assert!(!colour_allowed(false, None));
+    }
+
+    #[test]
+    fn filter_reads_rust_log_directives() {
+        let f = filter(Some("debug"));
+        assert!(f.would_enable("sidecap::capture", &Level::DEBUG));
+        assert!(!f.would_enable("sidecap::capture", &Level::TRACE));
+        let f = filter(Some("sidecap=trace,warn"));
+        assert!(f.would_enable("sidecap::upload", &Level::TRACE));
+        assert!(f.would_enable("hyper", &Level::WARN));
+        assert!(!f.would_enable("hyper", &Level::INFO));
+        let f = filter(Some("off"));
+        assert!(!f.would_enable("sidecap", &Level::ERROR));
+        // Not a filter: info, as with env-filter.
+        let f = filter(Some("sidecap=loud"));
+        assert!(f.would_enable("sidecap", &Level::INFO));
+        assert!(!f.would_enable("sidecap", &Level::DEBUG));
     }
 }

@@ -13,8 +13,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::args::LogToPid1;
 use crate::cli::LogFormat;
@@ -80,21 +82,22 @@ impl<'a> MakeWriter<'a> for Tee {
 }
 
 pub fn init(format: LogFormat, level: Option<&str>, mode: LogToPid1) {
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = crate::logging::filter(level);
     let tee = Tee {
         pid1: pid1_stdout(mode).map(Arc::new),
     };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(tee)
         .with_ansi(false)
         .with_target(false);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }
