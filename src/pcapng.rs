@@ -460,6 +460,51 @@ impl Walk {
     }
 }
 
+/// Is there a complete block (a known type, a plausible length, the same length at both ends)
+/// anywhere after `from` in `f`? Then what the walker took for a torn last block is damage in
+/// the middle: a genuinely torn tail is one partly written block running to the end of the
+/// file, with nothing complete after its start. Reads at most one largest block's worth.
+pub fn complete_block_after(f: &std::fs::File, from: u64, swapped: bool) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let want = len.saturating_sub(from).min(MAX_BLOCK_LEN as u64 + 4) as usize;
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match f.read_at(&mut buf[got..], from + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(got);
+    let rd = |o: usize| {
+        let v = u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        if swapped {
+            v.swap_bytes()
+        } else {
+            v
+        }
+    };
+    const KNOWN: [u32; 7] = [
+        SHB_TYPE, IDB_TYPE, PB_TYPE, SPB_TYPE, ISB_TYPE, EPB_TYPE, DSB_TYPE,
+    ];
+    // Blocks start 4-aligned in the file; `from` is itself a block start (4-aligned).
+    let mut o = 4;
+    while o + 12 <= buf.len() {
+        let l = rd(o + 4) as usize;
+        if KNOWN.contains(&rd(o))
+            && l >= 12
+            && l % 4 == 0
+            && o + l <= buf.len()
+            && rd(o + l - 4) as usize == l
+        {
+            return Ok(true);
+        }
+        o += 4;
+    }
+    Ok(false)
+}
+
 /// Scans a file on disk as pcapng or classic pcap, by its first bytes (the dispatch `sidecap
 /// repair` and the uploader use).
 pub fn scan_any_file(path: &std::path::Path) -> Result<Scan, ScanError> {

@@ -46,13 +46,17 @@ struct Inner {
     hups: AtomicU64,
     hup_wakers: Mutex<Vec<UnixStream>>,
     /// What SIGUSR1 does, once a subcommand has something to report.
-    usr1: Mutex<Option<Usr1Handler>>,
+    usr1: Mutex<Option<Arc<Usr1Handler>>>,
+    /// A SIGUSR1 report is being printed; another SIGUSR1 meanwhile is not queued.
+    usr1_busy: Arc<AtomicBool>,
     /// The exit code a finalizing run has committed to (in its done marker), or -1.
     final_code: AtomicI32,
+    /// Where the done marker goes, once finalizing: a forced exit reads the code back from it.
+    marker: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// Runs on the `signals` thread on every SIGUSR1.
-pub type Usr1Handler = Box<dyn Fn() + Send + 'static>;
+pub type Usr1Handler = Box<dyn Fn() + Send + Sync + 'static>;
 
 /// The single shutdown token of a process. Cheap to clone; triggering is idempotent.
 #[derive(Clone)]
@@ -77,7 +81,9 @@ impl Shutdown {
                 hups: AtomicU64::new(0),
                 hup_wakers: Mutex::new(Vec::new()),
                 usr1: Mutex::new(None),
+                usr1_busy: Arc::new(AtomicBool::new(false)),
                 final_code: AtomicI32::new(-1),
+                marker: Mutex::new(None),
             }),
         }
     }
@@ -136,6 +142,32 @@ impl Shutdown {
         self.inner.final_code.store(code as i32, Ordering::SeqCst);
     }
 
+    /// [`Shutdown::finalizing`] with the done marker's path: a second stop signal that has to
+    /// exit before the run ends exits with the code of the marker as it is on disk (1 when it
+    /// is not there yet), never with a code the files do not back.
+    pub fn finalizing_marker(&self, code: u8, marker: std::path::PathBuf) {
+        if let Ok(mut m) = self.inner.marker.lock() {
+            *m = Some(marker);
+        }
+        self.finalizing(code);
+    }
+
+    /// The code a forced exit during finalizing uses: the marker's, as written, else the
+    /// recorded code when there is no marker to write (`-w -`).
+    fn forced_final_code(&self) -> Option<u8> {
+        let code = self.final_code()?;
+        let marker = self.inner.marker.lock().ok().and_then(|m| m.clone());
+        let Some(path) = marker else {
+            return Some(code);
+        };
+        let on_disk = crate::volume::read_bounded(&path, 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("exit_code").and_then(|c| c.as_u64()))
+            .and_then(|c| u8::try_from(c).ok());
+        Some(on_disk.unwrap_or(crate::exit::RUNTIME))
+    }
+
     /// The code recorded by [`Shutdown::finalizing`], if any.
     pub fn final_code(&self) -> Option<u8> {
         u8::try_from(self.inner.final_code.load(Ordering::SeqCst)).ok()
@@ -154,16 +186,31 @@ impl Shutdown {
     /// Sets what SIGUSR1 does from now on (capture: print its statistics).
     pub fn on_usr1(&self, handler: Usr1Handler) {
         if let Ok(mut h) = self.inner.usr1.lock() {
-            *h = Some(handler);
+            *h = Some(Arc::new(handler));
         }
     }
 
-    /// Runs the SIGUSR1 handler; false when none is set yet.
+    /// Runs the SIGUSR1 handler on a thread of its own, never on the signal thread: printing
+    /// can block (a paused terminal, a stalled stderr pipe, a hung volume), and the signal
+    /// thread must stay free for SIGTERM. False when no handler is set yet.
     fn usr1(&self) -> bool {
-        match self.inner.usr1.lock() {
-            Ok(h) => h.as_ref().map(|f| f()).is_some(),
-            Err(_) => false,
+        let Some(handler) = self.inner.usr1.lock().ok().and_then(|h| h.clone()) else {
+            return false;
+        };
+        let busy = self.inner.usr1_busy.clone();
+        if busy.swap(true, Ordering::SeqCst) {
+            return true; // the previous report is still being printed
         }
+        let spawned = std::thread::Builder::new()
+            .name("usr1".into())
+            .spawn(move || {
+                handler();
+                busy.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.inner.usr1_busy.store(false, Ordering::SeqCst);
+        }
+        true
     }
 }
 
@@ -229,10 +276,11 @@ pub fn install_signal_handlers(shutdown: &Shutdown, on_force: ForceExit) -> std:
                             tracing::info!(signal = name, "Received stop signal; stopping gracefully. Send it again to exit at once.");
                         } else if let Some(code) = shutdown.final_code() {
                             // The marker is written (or being written): let the run end by
-                            // itself, which takes moments, and exit with the marker's code if
-                            // it does not.
+                            // itself, which takes moments, and exit with the code the marker
+                            // on disk states if it does not (1 if it is not there).
                             tracing::warn!(signal = name, exit_code = code, "Received a second stop signal while finishing; exiting with the code the done marker states.");
                             std::thread::sleep(FINISH_GRACE);
+                            let code = shutdown.forced_final_code().unwrap_or(code);
                             std::process::exit(code as i32);
                         } else {
                             tracing::warn!(signal = name, "Received a second stop signal; exiting at once.");
@@ -363,6 +411,28 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_exit_while_finalizing_uses_the_code_the_marker_on_disk_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("capture.done");
+        let s = Shutdown::new();
+        s.finalizing_marker(0, marker.clone());
+        assert_eq!(
+            s.forced_final_code(),
+            Some(1),
+            "no marker on disk yet: not 0"
+        );
+        std::fs::write(&marker, br#"{"exit_code": 0}"#).unwrap();
+        assert_eq!(s.forced_final_code(), Some(0));
+        let stdout = Shutdown::new();
+        stdout.finalizing(0);
+        assert_eq!(
+            stdout.forced_final_code(),
+            Some(0),
+            "-w -: no marker to write"
+        );
+    }
+
+    #[test]
     fn waker_registered_after_trigger_is_readable() {
         let s = Shutdown::new();
         s.trigger(StopReason::Other("test".into()));
@@ -393,9 +463,40 @@ mod tests {
         s.on_usr1(Box::new(move || {
             n2.fetch_add(1, Ordering::SeqCst);
         }));
+        let ran = |want: usize| {
+            let t0 = std::time::Instant::now();
+            while n.load(Ordering::SeqCst) < want && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n.load(Ordering::SeqCst)
+        };
         assert!(s.usr1());
+        assert_eq!(ran(1), 1);
+        // The previous report has finished (its busy flag is cleared after the handler).
+        while s.inner.usr1_busy.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(s.usr1());
-        assert_eq!(n.load(Ordering::SeqCst), 2);
+        assert_eq!(ran(2), 2);
         assert!(!s.is_triggered(), "SIGUSR1 is not a stop");
+    }
+
+    #[test]
+    fn a_blocked_usr1_report_never_blocks_the_caller() {
+        let s = Shutdown::new();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Mutex::new(rx);
+        // Blocks until the test releases it, like a paused terminal.
+        s.on_usr1(Box::new(move || {
+            let _ = rx.lock().map(|r| r.recv());
+        }));
+        let t0 = std::time::Instant::now();
+        assert!(s.usr1());
+        assert!(
+            s.usr1(),
+            "a second one while the first blocks is dropped, not queued"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        let _ = tx.send(());
     }
 }

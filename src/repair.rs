@@ -104,15 +104,29 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
     if !src.metadata().map_err(|e| unreadable(e.into()))?.is_file() {
         return Err(unreadable(ScanError::NotPcap("not a regular file".into())));
     }
-    let scan = crate::pcapng::scan_any(&src).map_err(unreadable)?;
+    let mut scan = crate::pcapng::scan_any(&src).map_err(unreadable)?;
+    let pcapng = {
+        let mut magic = [0u8; 4];
+        src.read_exact_at(&mut magic, 0).is_ok() && crate::pcapng::is_pcapng(&magic)
+    };
+    // A pcapng "torn last block" with a complete block after its start is a corrupt length in
+    // the middle, not a torn tail: damage, never cut silently.
+    if pcapng {
+        if let Some(t) = scan.torn_tail.clone() {
+            if crate::pcapng::complete_block_after(&src, t.offset, scan.swapped)
+                .map_err(|e| unreadable(e.into()))?
+            {
+                scan.torn_tail = None;
+                scan.damaged.push(Damage {
+                    what: format!("{} (complete blocks follow: not a torn tail)", t.what),
+                    ..t
+                });
+            }
+        }
+    }
     // The pcapng walker does not resynchronise after damage: such a file is reported (exit 7)
     // and left exactly as it is, never cut back to the damage.
-    let dry_run = dry_run
-        || (!scan.damaged.is_empty() && scan.packets_after_damage == 0 && {
-            let mut magic = [0u8; 4];
-            std::os::unix::fs::FileExt::read_exact_at(&src, &mut magic, 0).is_ok()
-                && crate::pcapng::is_pcapng(&magic)
-        });
+    let dry_run = dry_run || (pcapng && !scan.damaged.is_empty());
     let kept: u64 = scan.kept_spans().iter().map(|(a, b)| b - a).sum();
     let removed = scan.total_len - kept;
     let (damaged, torn_tail) = (scan.damaged.clone(), scan.torn_tail.clone());
@@ -244,12 +258,13 @@ fn report_one(path: &Path, r: &Repaired) {
 }
 
 pub fn run(args: &RepairArgs) -> Result<(), RepairError> {
-    let (mut failed, mut damaged) = (0, 0);
+    let (mut failed, mut damaged, mut left_as_is) = (0, 0, 0);
     for path in &args.files {
         match repair_file(path, args.dry_run) {
             Ok(r) => {
                 report_one(path, &r);
                 damaged += !r.damaged.is_empty() as usize;
+                left_as_is += (!r.damaged.is_empty() && r.dry_run) as usize;
             }
             Err(e) => {
                 eprintln!("sidecap: error: {e}");
@@ -262,6 +277,10 @@ pub fn run(args: &RepairArgs) -> Result<(), RepairError> {
     } else if damaged > 0 {
         let verb = if args.dry_run {
             "would be removed (dry run: nothing changed)"
+        } else if left_as_is == damaged {
+            "were left in place (pcapng: nothing changed)"
+        } else if left_as_is > 0 {
+            "were removed (pcapng files left unchanged)"
         } else {
             "were removed"
         };

@@ -392,11 +392,12 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
 /// signal thread its exit code, so a stop signal from here on exits with the code the marker
 /// states. Returns whether the marker is on disk; the log says which, never both.
 fn write_marker(dest: &Dest, marker: &DoneMarker, shutdown: &Shutdown) -> bool {
-    shutdown.finalizing(marker.exit_code);
     // `-w -` has no directory and no marker: nothing to write, nothing claimed.
     let Dest::Dir(layout) = dest else {
+        shutdown.finalizing(marker.exit_code);
         return true;
     };
+    shutdown.finalizing_marker(marker.exit_code, layout.marker_path());
     let json = serde_json::to_vec_pretty(marker).unwrap_or_default();
     let mut result = files::write_atomic(&layout.marker_path(), &json);
     if let Err(e) = &result {

@@ -430,8 +430,14 @@ pub fn run_loop<F: Records>(
         let hup_now = shutdown.hups();
         if hup_now != hups {
             hups = hup_now;
-            tracing::info!("Rotating on SIGHUP.");
-            b.rotate();
+            // One stream on stdout has one section: a "new file" there would restart the
+            // pcapng interface numbering in the middle of it.
+            if cfg.stdout {
+                tracing::info!("SIGHUP: writing to stdout, there is no file to rotate.");
+            } else {
+                tracing::info!("Rotating on SIGHUP.");
+                b.rotate();
+            }
         }
         if b.policy.deadline(b.file_opened).is_some_and(|d| now >= d) {
             b.rotate();

@@ -101,13 +101,11 @@ impl StdoutSink {
     pub fn run(mut self, rx: Receiver<Msg>, free: Sender<Vec<u8>>) -> WriterSummary {
         for msg in rx.iter() {
             // Sync (flush tick) means nothing for a pipe: every buffer is written when it
-            // arrives, and there is no file to fsync. Rotate comes only from SIGHUP.
+            // arrives, and there is no file to fsync.
             let (mut buf, packets) = match msg {
                 Msg::Data { buf, packets } => (buf, packets),
-                Msg::Rotate => {
-                    tracing::info!("Writing to stdout: there is no file to rotate.");
-                    continue;
-                }
+                // The capture thread never rotates a stdout stream (SIGHUP is logged there).
+                Msg::Rotate => continue,
                 Msg::Sync => continue,
             };
             self.metrics

@@ -208,7 +208,17 @@ fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, Stri
         None => {
             let cut = may_modify.then(|| crate::repair::repair_file(&f.path, false));
             match cut {
-                Some(Ok(r)) => (r.scan.packets, r.scan.valid_len, r.removed, None),
+                // Changed in place: what is on disk now is the repaired file.
+                Some(Ok(r)) if !r.dry_run => (r.scan.packets, r.scan.valid_len, r.removed, None),
+                // Damage repair would not cut out (pcapng has no resynchronisation): the file
+                // is left as it is, and only its clean prefix is sent.
+                Some(Ok(r)) => {
+                    let v = (r.scan.packets, r.scan.valid_len, r.removed);
+                    if let Ok(mut c) = scan_cache().lock() {
+                        c.insert(key, v);
+                    }
+                    (v.0, v.1, v.2, Some(v.1))
+                }
                 Some(Err(crate::repair::RepairError::Truncate(..))) | None => {
                     let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
                     let v = (r.scan.packets, r.scan.valid_len, r.removed);

@@ -387,6 +387,46 @@ fn repair_cuts_a_torn_pcapng_block_and_keeps_every_complete_one() {
 }
 
 #[test]
+fn repair_reports_a_corrupt_pcapng_length_in_the_middle_and_changes_nothing() {
+    require_root();
+    let (_dir, f, _port) = finished_pcapng(20);
+    let mut bytes = std::fs::read(&f).unwrap();
+    // The third packet block's length says 1 MiB: longer than the rest of the file, so a walker
+    // stops there as if the block were torn, with 17 complete packets after it.
+    let (mut at, mut epbs) = (0usize, 0);
+    loop {
+        let ty = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        let len = u32::from_ne_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        if ty == 6 {
+            epbs += 1;
+            if epbs == 3 {
+                bytes[at + 4..at + 8].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+                break;
+            }
+        }
+        at += len;
+    }
+    let part = f.with_extension("pcapng.part");
+    std::fs::write(&part, &bytes).unwrap();
+    let out = Command::new(bin())
+        .arg("repair")
+        .arg(&part)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    assert!(
+        text.contains("DAMAGED") && text.contains(&format!("offset {at}")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        bytes,
+        "the file must be left as it is"
+    );
+}
+
+#[test]
 fn pcapng_uploads_as_application_x_pcapng() {
     require_root();
     let (dir, f, _port) = finished_pcapng(10);
