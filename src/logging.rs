@@ -36,14 +36,21 @@ pub fn filter(level: Option<&str>) -> Targets {
 }
 
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = filter(level);
-    // The builder's own level cap (default info) is lifted: `filter` alone decides.
+    install(format, filter(level), crate::term::LogWriter, use_colour());
+}
+
+/// Installs the global subscriber: `format` lines through `writer`, decided by `filter` alone
+/// (the builder's own level cap is lifted). The capture and `upload` differ only in the writer
+/// and in colour. A second install (tests calling run() twice) is harmless and ignored.
+pub fn install<W>(format: LogFormat, filter: Targets, writer: W, ansi: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_max_level(LevelFilter::TRACE)
-        .with_writer(crate::term::LogWriter)
-        .with_ansi(use_colour())
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
-    // A second init (tests calling run() twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.finish().with(filter).try_init(),
         LogFormat::Json => builder

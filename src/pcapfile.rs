@@ -50,7 +50,7 @@ pub struct Damage {
 }
 
 /// What a walk over a pcap file found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scan {
     pub linktype: u32,
     pub snaplen: u32,
@@ -335,15 +335,9 @@ pub fn scan_at<S: ReadAt + ?Sized>(src: &S) -> Result<Scan, ScanError> {
         snaplen,
         nano,
         swapped,
-        packets: 0,
         valid_len: FILE_HEADER_LEN as u64,
         total_len: total,
-        first_ts: None,
-        last_ts: None,
-        stopped: None,
-        damaged: Vec::new(),
-        packets_after_damage: 0,
-        torn_tail: None,
+        ..Scan::default()
     };
     let mut w = Walker {
         src,

@@ -220,21 +220,7 @@ fn classify_stop(s: &mut Scan) {
 
 fn walk<R: Read>(mut r: R) -> Result<(Scan, Extra), ScanError> {
     let mut w = Walk {
-        s: Scan {
-            linktype: 0,
-            snaplen: 0,
-            nano: false,
-            swapped: false,
-            packets: 0,
-            valid_len: 0,
-            total_len: 0,
-            first_ts: None,
-            last_ts: None,
-            stopped: None,
-            damaged: Vec::new(),
-            packets_after_damage: 0,
-            torn_tail: None,
-        },
+        s: Scan::default(),
         x: Extra::default(),
         tsresol: Vec::new(),
         section: false,

@@ -13,10 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use super::args::LogToPid1;
 use crate::cli::LogFormat;
@@ -82,22 +79,9 @@ impl<'a> MakeWriter<'a> for Tee {
 }
 
 pub fn init(format: LogFormat, level: Option<&str>, mode: LogToPid1) {
-    let filter = crate::logging::filter(level);
     let tee = Tee {
         pid1: pid1_stdout(mode).map(Arc::new),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(LevelFilter::TRACE)
-        .with_writer(tee)
-        .with_ansi(false)
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.finish().with(filter).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(filter)
-            .try_init(),
-    };
+    // Never colour: the hook's lines also go to the container log (PID 1's stdout).
+    crate::logging::install(format, crate::logging::filter(level), tee, false);
 }
