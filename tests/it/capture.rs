@@ -526,27 +526,8 @@ fn interface_removed_mid_capture_finalizes_and_exits_1() {
 #[test]
 fn disk_full_keeps_files_valid_counts_drops_and_recovers() {
     require_root();
-    let base = tempdir();
-    let mnt = base.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=3m",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ],
-    );
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _umount = Umount(mnt.clone());
+    let small = SmallFs::new("3m");
+    let mnt = small.mnt.clone();
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![0u8; 2 << 20]).unwrap();
     let port = unique_port();

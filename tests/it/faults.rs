@@ -304,38 +304,6 @@ fn soak_capture_rss_and_fds_stay_flat() {
     assert_eq!(m["disk_dropped_packets"], 0);
 }
 
-/// A tmpfs of `size` mounted under a fresh temp dir, unmounted on drop.
-struct SmallFs {
-    mnt: PathBuf,
-    _base: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn new(size: &str) -> SmallFs {
-        let base = tempdir();
-        let mnt = base.path().join("small");
-        std::fs::create_dir(&mnt).unwrap();
-        sh(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                mnt.to_str().unwrap(),
-            ],
-        );
-        SmallFs { mnt, _base: base }
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
 /// Walks the records of a classic pcap file in native byte order, independently of our own
 /// walker (which must accept zero-length records: libpcap can write them). Returns each record's
 /// (seconds, caplen); panics on a record that runs past the end.

@@ -406,3 +406,35 @@ impl Drop for Netns {
 pub fn http_get_in(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
     ns.enter(|| http_get(addr, path))
 }
+
+/// A tmpfs of `size` mounted under a fresh temp dir, unmounted on drop.
+pub struct SmallFs {
+    pub mnt: PathBuf,
+    _base: tempfile::TempDir,
+}
+
+impl SmallFs {
+    pub fn new(size: &str) -> SmallFs {
+        let base = tempdir();
+        let mnt = base.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                mnt.to_str().unwrap(),
+            ],
+        );
+        SmallFs { mnt, _base: base }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}

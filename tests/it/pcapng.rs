@@ -459,27 +459,8 @@ fn pcapng_uploads_as_application_x_pcapng() {
 #[test]
 fn disk_full_at_a_files_first_packets_keeps_their_interface_for_the_packets_after() {
     require_root();
-    let base = tempdir();
-    let mnt = base.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=2m",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ],
-    );
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _umount = Umount(mnt.clone());
+    let small = SmallFs::new("2m");
+    let mnt = small.mnt.clone();
     let port = unique_port();
     let mut cmd = ng_capture(&mnt, port);
     cmd.args(["--flush-interval", "100ms"]);
