@@ -247,6 +247,8 @@ struct Batcher<F: Records> {
     /// kernel has handed us everything it held when the stop was requested.
     cutoff: Option<(u32, u32)>,
     past_cutoff: bool,
+    /// Buffers handed to the writer so far (tells whether a batch's start is still in `buf`).
+    handovers: u64,
 }
 
 impl<F: Records> Batcher<F> {
@@ -286,6 +288,7 @@ impl<F: Records> Batcher<F> {
         if self.buf.is_empty() {
             return;
         }
+        self.handovers += 1;
         let next = self
             .free
             .try_recv()
@@ -318,6 +321,33 @@ impl<F: Records> Batcher<F> {
             let new = k.poll(Instant::now());
             self.file_len += self.out.records.secrets(&mut self.buf, &new);
         }
+    }
+
+    /// Where a batch of packets starts: taken before a read from the ring.
+    fn batch_mark(&self) -> (usize, u64) {
+        (self.buf.len(), self.handovers)
+    }
+
+    /// Secrets the app wrote while a batch was being read may be needed by packets of that
+    /// batch: an app writes a secret before it sends what the secret protects, so once we hold
+    /// a packet, its secret is in the key log. They go in before the batch's first packet (the
+    /// start of the current buffer if the batch began in one already handed over).
+    fn poll_keylog_after(&mut self, (at, handovers): (usize, u64)) {
+        let Some(k) = self.out.keylog.as_mut() else {
+            return;
+        };
+        let new = k.poll(Instant::now());
+        if new.is_empty() {
+            return;
+        }
+        let mut dsb = Vec::new();
+        self.file_len += self.out.records.secrets(&mut dsb, &new);
+        let at = if handovers == self.handovers {
+            at.min(self.buf.len())
+        } else {
+            0
+        };
+        self.buf.splice(at..at, dsb);
     }
 
     fn publish(&mut self) {
@@ -378,6 +408,7 @@ pub fn run_loop<F: Records>(
         bytes: 0,
         cutoff: None,
         past_cutoff: false,
+        handovers: 0,
     };
     let mut stats = Stats {
         recv: Default::default(),
@@ -403,6 +434,7 @@ pub fn run_loop<F: Records>(
         }
         let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
         b.poll_keylog();
+        let mark = b.batch_mark();
         let n = match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
             Ok(n) => n,
             Err(e) => {
@@ -411,6 +443,9 @@ pub fn run_loop<F: Records>(
                 break;
             }
         };
+        if n > 0 {
+            b.poll_keylog_after(mark);
+        }
         total += n as u64;
         b.publish();
         if b.broken {
@@ -503,12 +538,14 @@ pub fn run_loop<F: Records>(
                 break;
             }
             b.poll_keylog();
+            let mark = b.batch_mark();
             match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
                 Ok(0) => {
                     let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
                     let _ = nix::poll::poll(&mut fds, PollTimeout::from(20u16));
                 }
                 Ok(n) => {
+                    b.poll_keylog_after(mark);
                     total += n as u64;
                     quiet_since = Instant::now();
                 }
