@@ -376,15 +376,6 @@ pub fn raise_effective(cap: caps::Capability) -> bool {
     }
 }
 
-/// Sleeps until `d` has passed or a stop is requested; returns true if a stop was requested.
-pub async fn sleep_or_stop(shutdown: &Shutdown, d: Duration) -> bool {
-    let token = shutdown.token();
-    tokio::select! {
-        _ = token.cancelled() => true,
-        _ = tokio::time::sleep(d) => shutdown.is_triggered(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! `Authorization` header must not follow one), 501, and TLS certificate failures
 //! (verification cannot be switched off, so retrying would only burn the budget).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// What to do after one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,11 +142,6 @@ pub fn attempt_limits(remaining: Duration, run_left: Duration, body_len: u64) ->
         stall: patience.min(STALL_MAX),
         response: patience,
     }
-}
-
-/// The preStop deadline: start + grace - margin (None when the margin eats the grace).
-pub fn deadline(start: Instant, grace: Duration, margin: Duration) -> Option<Instant> {
-    grace.checked_sub(margin).map(|b| start + b)
 }
 
 /// How long before the deadline the preStop path stops waiting for a capture that has not
@@ -306,12 +301,8 @@ mod tests {
     }
 
     #[test]
-    fn deadline_arithmetic() {
-        let t0 = Instant::now();
+    fn wait_reserve_bounds() {
         let s = Duration::from_secs;
-        assert_eq!(deadline(t0, s(30), s(2)), Some(t0 + s(28)));
-        assert_eq!(deadline(t0, s(2), s(2)), Some(t0));
-        assert_eq!(deadline(t0, s(1), s(2)), None);
         assert_eq!(wait_reserve(0, 0.0, s(28)), Duration::from_millis(1500));
         assert_eq!(
             wait_reserve(10 << 20, (10 << 20) as f64, s(28)),
