@@ -3,15 +3,15 @@
 #   docker build -t sidecap .                      # from source (needs Docker Hub: rust, debian)
 #   scripts/build-image.sh                         # offline with podman/buildah on Debian 12
 #
-# The runtime image is FROM scratch: no shell, no libc, no package manager; probes and hooks
-# use HTTP or the binary itself. The binary is static (glibc +crt-static, Debian's libpcap.a;
-# recipe and reasons in build/static/build.sh), runs as 65532 and carries the file capability
-# cap_net_raw+p, so the capture container needs only capabilities.add [NET_RAW] with drop [ALL],
-# never privileged mode or root. It works as root too. Permitted only, no effective bit: sidecap
-# raises CAP_NET_RAW from its permitted set itself just to open the capture, then drops it. With
-# the effective bit the kernel would refuse to exec the binary (EPERM) in any container whose
-# bounding set lacks NET_RAW; without it, the uploader container runs the same binary with
-# drop [ALL], nothing added and allowPrivilegeEscalation: false (see k8s/examples).
+# The runtime image is FROM scratch: no shell, no libc, no package manager; probes and hooks use
+# HTTP or the binary itself. The binary is static (glibc +crt-static, Debian's libpcap.a without its
+# D-Bus capture source; recipe and reasons in build/static/build.sh), runs as 65532 and carries the
+# file capability cap_net_raw+p, so the capture container needs only capabilities.add [NET_RAW] with
+# drop [ALL], never privileged mode or root. It works as root too. Permitted only, no effective bit:
+# sidecap raises CAP_NET_RAW from its permitted set itself just to open the capture, then drops it.
+# With the effective bit the kernel would refuse to exec the binary (EPERM) in any container whose
+# bounding set lacks NET_RAW; without it, the uploader container runs the same binary with drop
+# [ALL], nothing added and allowPrivilegeEscalation: false (see k8s/examples).
 
 # checkov findings that are the design (k8s/check.sh runs checkov):
 #checkov:skip=CKV_DOCKER_2:no HEALTHCHECK - Kubernetes ignores it; the manifests probe /livez and /readyz over HTTP, and the image has no shell or client to run one
@@ -31,7 +31,7 @@ ARG RUNTIME_IMAGE=scratch
 
 FROM ${RUST_IMAGE} AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpcap-dev libdbus-1-dev libcap2-bin file \
+ && apt-get install -y --no-install-recommends libpcap-dev libcap2-bin file \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -29,7 +29,7 @@ args=(--build-arg "DEBIAN_IMAGE=$debian_image" -t "$image")
 if [ "$mode" = prebuilt ]; then
   bin="$(build/static/build.sh)"
   mkdir -p build/prebuilt
-  # Stripped: the symbols and line tables are ~18 MB of the ~25 MB; keep the unstripped binary
+  # Stripped: the symbols and line tables are ~14 MB of the ~19 MB; keep the unstripped binary
   # (target/x86_64-unknown-linux-gnu/image/sidecap) for symbolizing a crash.
   strip -o build/prebuilt/sidecap.tmp "$bin"
   mv build/prebuilt/sidecap.tmp build/prebuilt/sidecap
