@@ -24,7 +24,7 @@ commands=(
   podman catatonit runc conmon buildah debootstrap  # image build and tests/e2e
 )
 # Packages without a command that the suites need.
-libraries=(libpcap-dev libdbus-1-dev python3-venv libnginx-mod-http-dav-ext)
+libraries=(libpcap-dev python3-venv libnginx-mod-http-dav-ext)
 
 if [ "${1:-}" = --inside ]; then
   # In the fresh container: no daemon may start during installs (nginx, dbus).

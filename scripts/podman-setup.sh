@@ -4,8 +4,8 @@
 # - Debian packages, each named (installed with --no-install-recommends, so nothing comes from a
 #   Recommends): podman with its runtime (runc) and its pod infra process (catatonit, only a
 #   Recommends of podman: without it `podman pod create` fails), buildah, debootstrap,
-#   libcap2-bin (setcap/getcap), what the static build needs (libpcap-dev, libdbus-1-dev, gcc,
-#   binutils for ar/strip, file) and what tests/e2e runs on the host (tshark, jq, curl, nsenter).
+#   libcap2-bin (setcap/getcap), what the static build needs (libpcap-dev, gcc, binutils for
+#   ar/strip/objcopy, file) and what tests/e2e runs on the host (tshark, jq, curl, nsenter).
 # - /etc/containers/containers.conf as docs/environment.md says works here: crun fails on the
 #   cgroup v1 layout of these machines and the default ulimits are refused. Written only if absent,
 #   never overwritten (a real host has its own). Not CONTAINERS_CONF: that replaces the distribution
@@ -22,7 +22,7 @@ packages=(
   podman:podman catatonit:catatonit runc:runc conmon:conmon buildah:buildah
   debootstrap:debootstrap
   setcap:libcap2-bin getcap:libcap2-bin
-  -:libpcap-dev -:libdbus-1-dev cc:gcc ar:binutils strip:binutils file:file  # build/static/build.sh
+  -:libpcap-dev cc:gcc ar:binutils strip:binutils objcopy:binutils file:file  # build/static/build.sh
   tshark:tshark jq:jq curl:curl nsenter:util-linux unshare:util-linux timeout:coreutils cmp:diffutils tar:tar  # tests/e2e
 )
 ensure_packages podman-setup "${packages[@]}"
