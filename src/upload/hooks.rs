@@ -30,10 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use super::args::Order;
-use super::engine::{Engine, FileResult, FileStatus};
-use super::report::{self, Report};
-use super::retry;
+use super::engine::Engine;
+use super::report::{self, FileResult, FileStatus, Report};
 use super::state::{self, Candidate, Listing};
+use super::{blocking, retry};
 use crate::capture::files::{self, Layout};
 use crate::exit;
 
@@ -174,14 +174,9 @@ fn container_start() -> Option<SystemTime> {
 
 async fn list(engine: &Engine) -> Result<Listing, String> {
     let layout = engine.config().layout.clone();
-    match tokio::task::spawn_blocking(move || state::candidates(&layout)).await {
-        Ok(Ok(l)) => Ok(l),
-        Ok(Err(e)) => Err(format!(
-            "cannot list {}: {e}",
-            engine.config().layout.dir.display()
-        )),
-        Err(e) => Err(format!("listing task: {e}")),
-    }
+    blocking::run(move || state::candidates(&layout))
+        .await
+        .map_err(|e| format!("cannot list {}: {e}", engine.config().layout.dir.display()))
 }
 
 /// The state of one preStop run, kept outside its future so that a backstop timeout still
@@ -451,10 +446,10 @@ impl Run {
     /// bounded, so the report names the files that are there.
     async fn list_what_is_there(&mut self, engine: &Engine) {
         let layout = engine.config().layout.clone();
-        let read = tokio::task::spawn_blocking(move || layout.list());
+        let read = blocking::run(move || layout.list());
         let wait = LAST_LOOK.min(engine.config().margin / 4);
         match tokio::time::timeout(wait, read).await {
-            Ok(Ok(Ok(files))) => {
+            Ok(Ok(files)) => {
                 for f in files.into_iter().filter(|f| f.not_regular.is_none()) {
                     let name = f.name.trim_end_matches(".part").to_string();
                     if !self.index.contains_key(&name) {
@@ -624,7 +619,10 @@ pub async fn continuous(
     cancel: CancellationToken,
     pause: Arc<super::Pause>,
 ) {
-    let mut settled: HashSet<String> = engine.ledger().uploaded().unwrap_or_default();
+    let ledger = engine.ledger().clone();
+    let mut settled: HashSet<String> = blocking::run(move || ledger.uploaded())
+        .await
+        .unwrap_or_default();
     // Planted names (links, FIFOs) are warned about once, not every poll.
     let mut planted: HashSet<String> = HashSet::new();
     tracing::info!(
@@ -660,7 +658,8 @@ pub async fn continuous(
         if ready.is_empty() {
             continue;
         }
-        if let Ok(done) = engine.ledger().uploaded() {
+        let ledger = engine.ledger().clone();
+        if let Ok(done) = blocking::run(move || ledger.uploaded()).await {
             settled.extend(done);
             ready.retain(|c| !settled.contains(&c.name));
         }

@@ -15,13 +15,17 @@
 //! or the exit code already decided) whatever the runtime is doing.
 
 pub mod args;
+pub mod blocking;
+mod body;
 pub mod config;
 pub mod engine;
 pub mod hooks;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod redact;
 pub mod report;
+mod request;
 pub mod retry;
 pub mod state;
 
@@ -37,7 +41,8 @@ use crate::admin;
 use crate::exit::{self, ExitStatus};
 use crate::process::Shutdown;
 use config::{ConfigError, UploadConfig};
-use engine::{Engine, UploadMetrics};
+use engine::Engine;
+use metrics::UploadMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -420,18 +425,16 @@ async fn http_prestop(
         );
     }
     let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
-    let (start, start_wall) =
-        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, grace)).await {
-            Ok(s) => s,
-            Err(_) => (now, std::time::SystemTime::now()),
-        };
+    let (start, start_wall) = blocking::value(move || hooks::hook_start(&layout, grace))
+        .await
+        .unwrap_or((now, std::time::SystemTime::now()));
     pause.begin();
     let report = hooks::prestop(&engine, start, start_wall, "http", &token).await;
     pause.end();
     // The report file is written with an fsync: not on the runtime thread.
     let report = {
         let layout = engine.config().layout.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking::value(move || {
             report.publish(&layout);
             report
         })
