@@ -60,7 +60,7 @@ pub enum Command {
     /// SIGUSR1 prints the statistics and the capture goes on.
     #[command(after_help = EXIT_CODES)]
     Capture(Box<CaptureArgs>),
-    /// Long-running uploader sidecar: idle PID 1, optional continuous upload, HTTP preStop hook.
+    /// Long-running uploader sidecar: idle PID 1, optional continuous upload, metrics.
     #[command(after_help = EXIT_CODES)]
     Uploader(Box<crate::upload::args::UploaderArgs>),
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.

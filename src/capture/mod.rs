@@ -19,8 +19,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
-
 use crate::admin;
 use crate::cli::{CaptureArgs, LogFormat};
 use crate::exit::{self, ExitStatus};
@@ -237,12 +235,8 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     if let Some(addr) = cfg.listen {
         let listener = admin::bind(addr).map_err(CaptureError::Config)?;
         let (m, iface) = (metrics.clone(), cfg.interface.clone());
-        let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
-            let reply =
-                admin::common_route(&method, &path, m.ready.load(Relaxed), || m.render(&iface))
-                    .unwrap_or_else(admin::not_found);
-            Box::pin(async move { reply })
-        });
+        let ready = metrics.clone();
+        let handler = admin::probes(move || ready.ready.load(Relaxed), move || m.render(&iface));
         admin::spawn(listener, handler)
             .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
     }

@@ -161,7 +161,7 @@ pub struct UploaderArgs {
     #[arg(long, env = "SIDECAP_FILE_TIMEOUT", default_value = "5m")]
     pub file_timeout: String,
 
-    /// Admin HTTP address: GET /livez, /readyz, /metrics and /prestop (the HTTP preStop hook).
+    /// Admin HTTP address: GET /livez, /readyz and /metrics.
     /// `off` disables it.
     #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_UPLOADER_LISTEN)]
     pub listen: String,

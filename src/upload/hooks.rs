@@ -1,5 +1,5 @@
-//! The two ways files leave the volume: the preStop upload (exec hook `sidecap upload`, or
-//! `GET /prestop` on the uploader) and `--continuous`. Both go through the one [`Engine`].
+//! The two ways files leave the volume: the preStop upload (the exec hook `sidecap upload`)
+//! and `--continuous`. Both go through the one [`Engine`].
 //!
 //! preStop, from t0 (all hooks start together; the capture is SIGTERMed only after the app has
 //! exited): upload every complete `.pcap` while waiting, newest first by default, one file at a
@@ -24,7 +24,6 @@
 //! that never completed a listing, is never a success, whatever its partial results say.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
@@ -79,7 +78,7 @@ pub fn prestop_start_path(layout: &Layout) -> std::path::PathBuf {
 }
 
 /// When this preStop run's budget starts: the start recorded on the volume by an earlier hook
-/// of this termination (a re-run hook, or the exec and HTTP hooks both configured), else now,
+/// of this termination (a re-run hook), else now,
 /// which is then recorded for later runs. See the module docs for what "of this termination"
 /// means. Blocking (file I/O).
 pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
@@ -535,18 +534,12 @@ pub async fn prestop(
     engine: &Engine,
     start: Instant,
     start_wall: SystemTime,
-    hook: &'static str,
     cancel: &CancellationToken,
 ) -> Report {
     let cfg = engine.config();
     let budget = cfg.budget();
     let deadline = start + budget;
-    engine
-        .metrics
-        .prestop_runs
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        hook,
         dir = %cfg.layout.dir.display(),
         url = %cfg.url_display,
         grace_period_ms = cfg.grace.as_millis() as u64,
@@ -587,7 +580,7 @@ pub async fn prestop(
     Report {
         version: 1,
         sidecap_version: env!("CARGO_PKG_VERSION"),
-        hook,
+        hook: "exec",
         started_at: files::rfc3339(start_wall),
         finished_at: files::rfc3339(SystemTime::now()),
         deadline: files::rfc3339(start_wall + budget),
@@ -609,15 +602,13 @@ pub async fn prestop(
     }
 }
 
-/// `--continuous`: uploads each finished file as it appears, until `cancel`. Stands aside
-/// while a preStop upload runs in this process (`paused`), and shares the ledger and the
-/// per-file locks with any other uploader.
+/// `--continuous`: uploads each finished file as it appears, until `cancel`. Shares the
+/// ledger and the per-file locks with any other uploader (the preStop hook above all).
 pub async fn continuous(
-    engine: Arc<Engine>,
+    engine: &Engine,
     poll: Duration,
     file_timeout: Duration,
     cancel: CancellationToken,
-    pause: Arc<super::Pause>,
 ) {
     let ledger = engine.ledger().clone();
     let mut settled: HashSet<String> = blocking::run(move || ledger.uploaded())
@@ -635,10 +626,7 @@ pub async fn continuous(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(poll) => {}
         }
-        if pause.active() {
-            continue;
-        }
-        let listing = match list(&engine).await {
+        let listing = match list(engine).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot list the capture directory.");
@@ -665,7 +653,7 @@ pub async fn continuous(
         }
         order(&mut ready, engine.config().order);
         for c in ready {
-            if cancel.is_cancelled() || pause.active() {
+            if cancel.is_cancelled() {
                 break;
             }
             let now = Instant::now();
@@ -710,7 +698,7 @@ mod tests {
             grace_period: "10s".into(),
             safety_margin: "2s".into(),
         };
-        let cfg = Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
+        let cfg = std::sync::Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
         Engine::new(cfg, Default::default()).unwrap()
     }
 
@@ -738,7 +726,6 @@ mod tests {
             &engine,
             start,
             SystemTime::now(),
-            "exec",
             &CancellationToken::new(),
         ));
         assert_eq!(report.exit_code, exit::DEADLINE, "{report:#?}");

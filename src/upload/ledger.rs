@@ -1,5 +1,5 @@
 //! Idempotence on the shared volume. Hooks are at-least-once, and `--continuous`, the exec
-//! hook and the HTTP hook may all see the same file, possibly from different processes.
+//! hook and a re-run of it may all see the same file, possibly from different processes.
 //!
 //! - The ledger `<dir>/<prefix>.upload-ledger.jsonl` has one JSON line per file the receiver
 //!   accepted, appended with O_APPEND and fsynced before the file counts as uploaded. A file

@@ -20,7 +20,6 @@ pub struct UploadMetrics {
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
     pub last_success_seconds: AtomicU64,
-    pub prestop_runs: AtomicU64,
 }
 
 impl UploadMetrics {
@@ -101,11 +100,6 @@ impl UploadMetrics {
                 "sidecap_upload_last_success_time_seconds",
                 "Unix time of the last accepted upload.",
                 self.last_success_seconds.load(Relaxed),
-            )
-            .counter(
-                "sidecap_upload_prestop_runs_total",
-                "preStop uploads run (exec or HTTP hook).",
-                &self.prestop_runs,
             )
             .finish()
     }

@@ -1,6 +1,5 @@
 //! The paired uploader: `sidecap uploader` (the long-running sidecar: idle PID 1, optional
-//! `--continuous` upload, the HTTP preStop hook `GET /prestop`) and `sidecap upload` (the exec
-//! preStop hook). One engine ([`engine`]) does every upload; [`hooks`] decides what to upload
+//! `--continuous` upload, `/metrics`) and `sidecap upload` (the exec preStop hook). One engine ([`engine`]) does every upload; [`hooks`] decides what to upload
 //! when; [`state`] reads the capture's file contract; [`ledger`] makes uploads idempotent;
 //! [`retry`] is the pure retry policy; [`report`] is what people see; [`redact`] keeps secrets
 //! out of all of it.
@@ -30,12 +29,9 @@ pub mod retry;
 pub mod state;
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use hyper::{Method, StatusCode};
-use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::exit::{self, ExitStatus};
@@ -227,7 +223,6 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
         &engine,
         start,
         start_wall,
-        "exec",
         &shutdown.token(),
     ));
     watchdog.decided(report.exit_code);
@@ -259,33 +254,6 @@ fn result_of(report: &report::Report, stopped: bool) -> Result<(), UploadError> 
     }
 }
 
-/// Lets a preStop upload in this process take precedence over `--continuous`: while one runs,
-/// the continuous loop starts no new file. The file it is sending is not cancelled: the
-/// preStop run finds it locked, moves past it and comes back once it is done (the ledger then
-/// says it was uploaded).
-#[derive(Default)]
-pub struct Pause {
-    active: AtomicUsize,
-}
-
-impl Pause {
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::SeqCst) > 0
-    }
-
-    fn begin(&self) {
-        self.active.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn end(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The preStop run `GET /prestop` started, if one is running: a second call (a re-run hook, a
-/// retry) joins it and gets its answer instead of starting another run.
-type Running = Arc<Mutex<Option<tokio::sync::watch::Receiver<Option<(StatusCode, String)>>>>>;
-
 /// `sidecap uploader`: the long-running sidecar.
 pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(), UploadError> {
     let cfg = Arc::new(config::from_opts(&args.opts, args.continuous)?);
@@ -307,50 +275,14 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     };
     let rt = runtime()?;
     let metrics = Arc::new(UploadMetrics::default());
-    let engine = Arc::new({
+    let engine = {
         let _guard = rt.enter();
         engine(cfg.clone(), metrics.clone())?
-    });
-    let pause = Arc::new(Pause::default());
+    };
     let token = shutdown.token();
     if let Some(listener) = listener {
-        let handle = rt.handle().clone();
-        let (engine, pause, token) = (engine.clone(), pause.clone(), token.clone());
-        let running: Running = Arc::default();
-        let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
-            let (engine, pause, token, handle, running) = (
-                engine.clone(),
-                pause.clone(),
-                token.clone(),
-                handle.clone(),
-                running.clone(),
-            );
-            Box::pin(async move {
-                if path == "/prestop" && (method == Method::GET || method == Method::POST) {
-                    let mut rx = join_or_start_prestop(&running, &handle, engine, pause, token);
-                    let answer = rx
-                        .wait_for(|a| a.is_some())
-                        .await
-                        .ok()
-                        .and_then(|a| a.clone());
-                    return match answer {
-                        Some((status, body)) => admin::Reply::text(status, body),
-                        None => admin::Reply::text(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "preStop upload failed: it ended without an answer\n",
-                        ),
-                    };
-                }
-                admin::common_route(&method, &path, true, || engine.metrics.render())
-                    .unwrap_or_else(|| {
-                        admin::Reply::text(
-                            StatusCode::NOT_FOUND,
-                            "not found: try /livez, /readyz, /metrics, /prestop\n",
-                        )
-                    })
-            })
-        });
-        admin::spawn(listener, handler)
+        let metrics = metrics.clone();
+        admin::spawn(listener, admin::probes(|| true, move || metrics.render()))
             .map_err(|e| UploadError::Runtime(format!("admin server: {e}")))?;
     }
     tracing::info!(
@@ -362,7 +294,7 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.block_on(async {
         if args.continuous {
-            hooks::continuous(engine.clone(), poll, file_timeout, token.clone(), pause).await;
+            hooks::continuous(&engine, poll, file_timeout, token.clone()).await;
         } else {
             token.cancelled().await;
         }
@@ -373,97 +305,4 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
-}
-
-/// The answer of the running preStop run, starting one if none runs. The run itself runs on
-/// the uploader's runtime (where the HTTP client lives); the admin thread only waits for it.
-fn join_or_start_prestop(
-    running: &Running,
-    handle: &tokio::runtime::Handle,
-    engine: Arc<Engine>,
-    pause: Arc<Pause>,
-    token: CancellationToken,
-) -> tokio::sync::watch::Receiver<Option<(StatusCode, String)>> {
-    let mut slot = match running.lock() {
-        Ok(g) => g,
-        Err(e) => e.into_inner(),
-    };
-    if let Some(rx) = slot.as_ref() {
-        tracing::info!("A preStop upload is already running: this call waits for its result.");
-        return rx.clone();
-    }
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    *slot = Some(rx.clone());
-    let running = running.clone();
-    handle.spawn(async move {
-        let answer = match tokio::spawn(http_prestop(engine, pause, token)).await {
-            Ok(r) => (r.status, r.body),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("preStop upload failed: {e}\n"),
-            ),
-        };
-        // Cleared first: a call after this point starts a new run.
-        if let Ok(mut g) = running.lock() {
-            *g = None;
-        }
-        let _ = tx.send(Some(answer));
-    });
-    rx
-}
-
-async fn http_prestop(
-    engine: Arc<Engine>,
-    pause: Arc<Pause>,
-    token: CancellationToken,
-) -> admin::Reply {
-    let now = Instant::now();
-    if engine.config().url.is_none() {
-        return admin::Reply::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no --url configured: nothing can be uploaded\n",
-        );
-    }
-    let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
-    let (start, start_wall) = blocking::value(move || hooks::hook_start(&layout, grace))
-        .await
-        .unwrap_or((now, std::time::SystemTime::now()));
-    pause.begin();
-    let report = hooks::prestop(&engine, start, start_wall, "http", &token).await;
-    pause.end();
-    // The report file is written with an fsync: not on the runtime thread.
-    let report = {
-        let layout = engine.config().layout.clone();
-        blocking::value(move || {
-            report.publish(&layout);
-            report
-        })
-        .await
-    };
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            return admin::Reply::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("preStop upload failed: {e}\n"),
-            )
-        }
-    };
-    let t = &report.totals;
-    let body = format!(
-        "uploaded={} already_uploaded={} failed={} left={} deadline_reached={} exit_code={}\n{}\n",
-        t.uploaded,
-        t.already_uploaded,
-        t.failed,
-        t.left,
-        report.deadline_reached,
-        report.exit_code,
-        report.reason
-    );
-    let status = if report.exit_code == exit::OK {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    admin::Reply::text(status, body)
 }

@@ -112,7 +112,7 @@ pub struct Totals {
 pub struct Report {
     pub version: u32,
     pub sidecap_version: &'static str,
-    /// "exec" (`sidecap upload`) or "http" (`GET /prestop`).
+    /// Always "exec" (`sidecap upload`); the HTTP hook that could also write it was removed.
     pub hook: &'static str,
     pub started_at: String,
     pub finished_at: String,
