@@ -74,6 +74,25 @@ impl Exposition {
 }
 
 impl CaptureMetrics {
+    /// libpcap's own counters.
+    fn kernel_stats(&self, p: &mut Exposition) {
+        p.counter(
+            "sidecap_kernel_received_total",
+            "libpcap ps_recv. On lo and any the kernel counts each packet twice.",
+            &self.kernel_received,
+        )
+        .counter(
+            "sidecap_kernel_dropped_total",
+            "libpcap ps_drop: packets dropped because the kernel ring was full. On lo and any about twice the real loss.",
+            &self.kernel_dropped,
+        )
+        .counter(
+            "sidecap_interface_dropped_total",
+            "libpcap ps_ifdrop: packets dropped by the interface or driver.",
+            &self.interface_dropped,
+        );
+    }
+
     pub fn render(&self, interface: &str) -> String {
         let g = |v: &AtomicU64| v.load(Relaxed);
         let mut p = Exposition::new(&[("interface", interface)]);
@@ -127,22 +146,8 @@ impl CaptureMetrics {
             "Failed writes to the output directory.",
             &self.write_errors,
         );
-        p.counter(
-            "sidecap_kernel_received_total",
-            "libpcap ps_recv. On lo and any the kernel counts each packet twice.",
-            &self.kernel_received,
-        )
-        .counter(
-            "sidecap_kernel_dropped_total",
-            "libpcap ps_drop: packets dropped because the kernel ring was full. On lo and any about twice the real loss.",
-            &self.kernel_dropped,
-        )
-        .counter(
-            "sidecap_interface_dropped_total",
-            "libpcap ps_ifdrop: packets dropped by the interface or driver.",
-            &self.interface_dropped,
-        )
-        .gauge(
+        self.kernel_stats(&mut p);
+        p.gauge(
             "sidecap_queue_bytes",
             "Captured bytes waiting for the writer.",
             g(&self.queue_bytes),

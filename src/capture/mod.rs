@@ -232,14 +232,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .unwrap_or(0),
         Relaxed,
     );
-    if let Some(addr) = cfg.listen {
-        let listener = admin::bind(addr).map_err(CaptureError::Config)?;
-        let (m, iface) = (metrics.clone(), cfg.interface.clone());
-        let ready = metrics.clone();
-        let handler = admin::probes(move || ready.ready.load(Relaxed), move || m.render(&iface));
-        admin::spawn(listener, handler)
-            .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
-    }
+    serve_admin(&cfg, &metrics)?;
 
     // Only this thread opens the handle; the capability is dropped again right after.
     crate::process::raise_effective(caps::Capability::CAP_NET_RAW);
@@ -253,9 +246,38 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         return stopped_before_capture(&cfg, &dest, started, &shutdown);
     };
     let linktype = src.linktype;
-    let framing = format::Framing::new(&cfg, linktype);
+    let (end, summary) = capture(&cfg, src, &dest, &metrics, &shutdown)?;
+    let error = summary.error.clone().or(end.error.clone());
+    let marker = done_marker(&cfg, linktype, started, end, summary, error.as_deref());
+    finish(&cfg, &dest, marker, error, &shutdown)
+}
+
+/// The admin server (`--listen`), on its own thread.
+fn serve_admin(cfg: &CaptureConfig, metrics: &Arc<CaptureMetrics>) -> Result<(), CaptureError> {
+    let Some(addr) = cfg.listen else {
+        return Ok(());
+    };
+    let listener = admin::bind(addr).map_err(CaptureError::Config)?;
+    let (m, iface) = (metrics.clone(), cfg.interface.clone());
+    let ready = metrics.clone();
+    let handler = admin::probes(move || ready.ready.load(Relaxed), move || m.render(&iface));
+    admin::spawn(listener, handler).map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
+    Ok(())
+}
+
+/// The capture proper: the first file, the capabilities dropped, the writer and capture
+/// threads, until they end.
+fn capture(
+    cfg: &CaptureConfig,
+    src: source::Source,
+    dest: &Dest,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<(source::LoopEnd, writer::WriterSummary), CaptureError> {
+    let linktype = src.linktype;
+    let framing = format::Framing::new(cfg, linktype);
     let overhead = framing.overhead();
-    let writer = open_sink(&cfg, &dest, framing, &metrics, &shutdown)?;
+    let writer = open_sink(cfg, dest, framing, metrics, shutdown)?;
     drop_capabilities_after_open(dest.dir())?;
     let first_path = writer.current_path();
     let first = first_path
@@ -281,34 +303,8 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         .name("writer".into())
         .spawn(move || writer.run(rx, free_tx))
         .map_err(|e| CaptureError::Io(format!("cannot start the writer thread: {e}")))?;
-    let capture_thread = {
-        let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || match cfg.format {
-                files::FileFormat::Pcap => {
-                    let out = source::Output {
-                        records: format::PcapRecords,
-                        overhead,
-                        keylog: None,
-                    };
-                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
-                }
-                files::FileFormat::Pcapng => {
-                    let out = source::Output {
-                        records: format::PcapngRecords::new(&cfg, linktype),
-                        overhead,
-                        keylog: cfg
-                            .tls_keylog
-                            .clone()
-                            .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
-                    };
-                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
-                }
-            })
-            .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
-    };
-    let status = start_terminal_ui(&cfg, &metrics, &dest, first_path, &shutdown);
+    let capture_thread = spawn_capture(src, cfg, overhead, tx, free_rx, metrics, shutdown)?;
+    let status = start_terminal_ui(cfg, metrics, dest, first_path, shutdown);
     let end = capture_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
@@ -316,14 +312,62 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         .join()
         .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
     drop(status); // erases the status line; the summary below has the final figures
+    Ok((end, summary))
+}
 
-    let error = summary.error.clone().or(end.error.clone());
+/// The capture thread: the read loop with the record format of `--format`.
+fn spawn_capture(
+    src: source::Source,
+    cfg: &CaptureConfig,
+    overhead: u64,
+    tx: crossbeam_channel::Sender<writer::Msg>,
+    free_rx: crossbeam_channel::Receiver<Vec<u8>>,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<std::thread::JoinHandle<Result<source::LoopEnd, CaptureError>>, CaptureError> {
+    let linktype = src.linktype;
+    let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || match cfg.format {
+            files::FileFormat::Pcap => {
+                let out = source::Output {
+                    records: format::PcapRecords,
+                    overhead,
+                    keylog: None,
+                };
+                source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+            }
+            files::FileFormat::Pcapng => {
+                let out = source::Output {
+                    records: format::PcapngRecords::new(&cfg, linktype),
+                    overhead,
+                    keylog: cfg
+                        .tls_keylog
+                        .clone()
+                        .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
+                };
+                source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+            }
+        })
+        .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))
+}
+
+/// The done marker of a capture that ran: what the threads report.
+fn done_marker(
+    cfg: &CaptureConfig,
+    linktype: u32,
+    started: SystemTime,
+    end: source::LoopEnd,
+    summary: writer::WriterSummary,
+    error: Option<&str>,
+) -> DoneMarker {
     let exit_code = if error.is_some() {
         exit::RUNTIME
     } else {
         exit::OK
     };
-    let marker = DoneMarker {
+    DoneMarker {
         version: 1,
         sidecap_version: env!("CARGO_PKG_VERSION").into(),
         interface: cfg.interface.clone(),
@@ -331,9 +375,9 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         snaplen: cfg.snaplen,
         started_at: files::rfc3339(started),
         ended_at: files::rfc3339(SystemTime::now()),
-        reason: match &error {
+        reason: match error {
             Some(e) => format!("{}: {e}", end.reason),
-            None => end.reason.clone(),
+            None => end.reason,
         },
         clean: error.is_none() && summary.disk_dropped_packets == 0,
         exit_code,
@@ -344,8 +388,18 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         kernel: end.kernel,
         files: summary.files,
         files_deleted: summary.files_deleted,
-    };
-    let marker_written = write_marker(&dest, &marker, &shutdown);
+    }
+}
+
+/// Writes the marker, logs and prints the summary, and says how the capture ended.
+fn finish(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    marker: DoneMarker,
+    error: Option<String>,
+    shutdown: &Shutdown,
+) -> Result<Outcome, CaptureError> {
+    let marker_written = write_marker(dest, &marker, shutdown);
     tracing::info!(
         reason = %marker.reason,
         packets_captured = marker.packets_captured,
@@ -357,9 +411,9 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         "Capture finished."
     );
     if !cfg.quiet && cfg.log_format == LogFormat::Text {
-        crate::term::print_block(&report::exit_summary(&marker, &dest));
+        crate::term::print_block(&report::exit_summary(&marker, dest));
     }
-    let marker_note = |written: bool| match &dest {
+    let marker_note = |written: bool| match dest {
         Dest::Dir(layout) if written => {
             format!("marker {} written", layout.marker_path().display())
         }

@@ -172,38 +172,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
     if o.prefix.is_empty() || o.prefix.contains('/') {
         return Err(usage(format!("invalid --prefix {:?}", o.prefix)));
     }
-    let url = match &o.url {
-        Some(u) if !u.trim().is_empty() => {
-            let u = u.trim().to_string();
-            redactor.add_url(&u);
-            // `{file}` is not valid in every URL part; check the URL with a sample name.
-            let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
-                usage(format!(
-                    "invalid --url {}: {e}",
-                    redact::url_for_display(&u)
-                ))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(usage(format!(
-                    "invalid --url {}: only http and https are supported",
-                    redact::url_for_display(&u)
-                )));
-            }
-            if parsed.host_str().is_none() {
-                return Err(usage(format!(
-                    "invalid --url {}: no host",
-                    redact::url_for_display(&u)
-                )));
-            }
-            Some(u)
-        }
-        _ if url_required => {
-            return Err(usage(
-                "--url (or SIDECAP_UPLOAD_URL) is required".to_string(),
-            ))
-        }
-        _ => None,
-    };
+    let url = url_of(o, url_required, &mut redactor)?;
     let url_display = url
         .as_deref()
         .map(redact::url_for_display)
@@ -213,19 +182,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
             return Err(usage(format!("invalid --form field name {f:?}")));
         }
     }
-    let mut headers = Vec::new();
-    for h in header_lines(&o.headers)
-        .iter()
-        .filter(|h| !h.trim().is_empty())
-    {
-        let (n, v) = parse_header(h).map_err(usage)?;
-        // Any header value may be a credential (API keys come in many names): scrub them all
-        // from messages. Short values are skipped so that "1" does not blank every number.
-        if let Ok(s) = v.to_str() {
-            redactor.add(s);
-        }
-        headers.push((n, v));
-    }
+    let headers = headers_of(o, &mut redactor)?;
     if let Some(p) = &o.bearer_token_file {
         // Checked now so a wrong path fails at start; read again for every file, because
         // mounted Secrets and projected tokens rotate while a long-running uploader lives.
@@ -235,18 +192,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         Some(p) => Some(read_ca(p)?),
         None => None,
     };
-    let mut pod = Vec::new();
-    let mut pod_uid = String::new();
-    for (env, header) in POD_ENV {
-        if let Ok(v) = std::env::var(env) {
-            if env == "POD_UID" {
-                pod_uid = v.clone();
-            }
-            if let Ok(hv) = HeaderValue::from_str(&v) {
-                pod.push((HeaderName::from_static(header), hv));
-            }
-        }
-    }
+    let (pod, pod_uid) = pod_headers();
     Ok(UploadConfig {
         layout: Layout::new(&o.dir, &o.prefix),
         url,
@@ -264,6 +210,83 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         pod_uid,
         redactor,
     })
+}
+
+/// `--url`, checked, its secret parts registered with the redactor.
+fn url_of(
+    o: &UploadOpts,
+    url_required: bool,
+    redactor: &mut Redactor,
+) -> Result<Option<String>, ConfigError> {
+    let usage = ConfigError::Usage;
+    let u = match &o.url {
+        Some(u) if !u.trim().is_empty() => u.trim().to_string(),
+        _ if url_required => {
+            return Err(usage(
+                "--url (or SIDECAP_UPLOAD_URL) is required".to_string(),
+            ))
+        }
+        _ => return Ok(None),
+    };
+    redactor.add_url(&u);
+    // `{file}` is not valid in every URL part; check the URL with a sample name.
+    let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
+        usage(format!(
+            "invalid --url {}: {e}",
+            redact::url_for_display(&u)
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(usage(format!(
+            "invalid --url {}: only http and https are supported",
+            redact::url_for_display(&u)
+        )));
+    }
+    if parsed.host_str().is_none() {
+        return Err(usage(format!(
+            "invalid --url {}: no host",
+            redact::url_for_display(&u)
+        )));
+    }
+    Ok(Some(u))
+}
+
+/// The `--header` values, parsed; each value registered with the redactor.
+fn headers_of(
+    o: &UploadOpts,
+    redactor: &mut Redactor,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut headers = Vec::new();
+    for h in header_lines(&o.headers)
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+    {
+        let (n, v) = parse_header(h).map_err(ConfigError::Usage)?;
+        // Any header value may be a credential (API keys come in many names): scrub them all
+        // from messages. Short values are skipped so that "1" does not blank every number.
+        if let Ok(s) = v.to_str() {
+            redactor.add(s);
+        }
+        headers.push((n, v));
+    }
+    Ok(headers)
+}
+
+/// The Pod's identity from the downward API (see [`POD_ENV`]) as headers, and its UID.
+fn pod_headers() -> (Vec<(HeaderName, HeaderValue)>, String) {
+    let mut pod = Vec::new();
+    let mut pod_uid = String::new();
+    for (env, header) in POD_ENV {
+        if let Ok(v) = std::env::var(env) {
+            if env == "POD_UID" {
+                pod_uid = v.clone();
+            }
+            if let Ok(hv) = HeaderValue::from_str(&v) {
+                pod.push((HeaderName::from_static(header), hv));
+            }
+        }
+    }
+    (pod, pod_uid)
 }
 
 /// A bearer token is a few KiB at most (a projected service-account JWT is ~1 KiB).

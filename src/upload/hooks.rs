@@ -372,35 +372,8 @@ impl Run {
                     }
                     continue;
                 }
-                let c = pending[0].clone();
-                let now = Instant::now();
-                let mut file_deadline = now + usable;
-                // Others wait: the final file to come, or other files.
-                if !is_final || pending.len() > 1 {
-                    file_deadline =
-                        file_deadline.min(now + file_share(budget, c.size, self.rate()));
-                }
-                self.in_flight = Some(c.clone());
-                let r = engine
-                    .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
+                self.upload_next(engine, &pending, is_final, usable, budget, cancel)
                     .await;
-                self.in_flight = None;
-                if r.busy {
-                    self.busy_round.insert(r.name.clone());
-                } else {
-                    self.busy_round.clear();
-                    if matches!(r.status, FileStatus::Failed | FileStatus::NotAttempted) {
-                        *self.tries.entry(r.name.clone()).or_default() += 1;
-                        if r.attempts == 0
-                            && !cancel.is_cancelled()
-                            && now.elapsed() < FAST_FAILURE
-                            && Instant::now() + FAST_FAILURE < file_deadline
-                        {
-                            self.given_up.insert(r.name.clone());
-                        }
-                    }
-                }
-                self.put(r);
                 if is_final {
                     seen_final = true;
                 }
@@ -417,28 +390,86 @@ impl Run {
             }
             // The capture is still writing. Wait for it, unless only the time to upload its
             // last file is left.
-            if remaining <= reserve {
-                tracing::warn!(
-                    live_files = ?self.live_parts.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                    "The capture has not finalized and waiting longer would miss the deadline: uploaded the complete files only."
-                );
-                self.reason =
-                    "capture still running near the deadline: uploaded the complete files, not the file being written"
-                        .into();
+            if !self
+                .wait_for_capture(remaining, reserve, &mut said_waiting, cancel)
+                .await
+            {
                 return;
             }
-            if !said_waiting {
-                said_waiting = true;
-                tracing::info!(
-                    remaining_ms = remaining.as_millis() as u64,
-                    "Waiting for the capture to finalize."
-                );
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(WAIT_POLL.min(remaining - reserve)) => {}
+        }
+    }
+
+    /// Waits a moment for the capture to finalize; false (with the reason set) when only the
+    /// reserve for its last file is left.
+    async fn wait_for_capture(
+        &mut self,
+        remaining: Duration,
+        reserve: Duration,
+        said_waiting: &mut bool,
+        cancel: &CancellationToken,
+    ) -> bool {
+        if remaining <= reserve {
+            tracing::warn!(
+                live_files = ?self.live_parts.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "The capture has not finalized and waiting longer would miss the deadline: uploaded the complete files only."
+            );
+            self.reason =
+                "capture still running near the deadline: uploaded the complete files, not the file being written"
+                    .into();
+            return false;
+        }
+        if !*said_waiting {
+            *said_waiting = true;
+            tracing::info!(
+                remaining_ms = remaining.as_millis() as u64,
+                "Waiting for the capture to finalize."
+            );
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(WAIT_POLL.min(remaining - reserve)) => {}
+        }
+        true
+    }
+
+    /// Uploads the first of `pending` within its share of `usable`, and notes how it went.
+    async fn upload_next(
+        &mut self,
+        engine: &Engine,
+        pending: &[Candidate],
+        is_final: bool,
+        usable: Duration,
+        budget: Duration,
+        cancel: &CancellationToken,
+    ) {
+        let c = pending[0].clone();
+        let now = Instant::now();
+        let mut file_deadline = now + usable;
+        // Others wait: the final file to come, or other files.
+        if !is_final || pending.len() > 1 {
+            file_deadline = file_deadline.min(now + file_share(budget, c.size, self.rate()));
+        }
+        self.in_flight = Some(c.clone());
+        let r = engine
+            .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
+            .await;
+        self.in_flight = None;
+        if r.busy {
+            self.busy_round.insert(r.name.clone());
+        } else {
+            self.busy_round.clear();
+            if matches!(r.status, FileStatus::Failed | FileStatus::NotAttempted) {
+                *self.tries.entry(r.name.clone()).or_default() += 1;
+                if r.attempts == 0
+                    && !cancel.is_cancelled()
+                    && now.elapsed() < FAST_FAILURE
+                    && Instant::now() + FAST_FAILURE < file_deadline
+                {
+                    self.given_up.insert(r.name.clone());
+                }
             }
         }
+        self.put(r);
     }
 
     /// After a run in which no listing finished: a bare directory read (no repair, no state),
