@@ -14,8 +14,9 @@ Exit codes:
        upload: everything uploaded (stopped by SIGTERM/SIGINT with files left: 5)
   1    runtime failure after start (interface gone, unrecoverable disk error); files finalized;
        upload: the capture directory could not be listed
-  2    usage error
-  3    invalid configuration (unknown interface, bad filter, missing directory, impossible options)
+  2    usage error: what the command-line parser refuses (unknown flag, missing value)
+  3    invalid configuration: a malformed or impossible value, unknown interface, bad filter,
+       missing directory, unreadable token or CA file
   4    permission denied (no CAP_NET_RAW, directory not writable)
   5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
   6    upload permanently rejected by the receiver

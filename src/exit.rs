@@ -6,10 +6,12 @@ pub const OK: u8 = 0;
 /// A runtime failure after a successful start (interface went away, unrecoverable disk error).
 /// What was captured is finalized and the done marker records the reason.
 pub const RUNTIME: u8 = 1;
-/// Command-line usage error (clap's own code).
+/// Command-line usage error: what clap itself refuses (an unknown flag, a missing value).
 pub const USAGE: u8 = 2;
-/// Invalid configuration: unknown interface, invalid filter, missing directory, impossible
-/// combination of options, another capture already owns the directory and prefix.
+/// Invalid configuration, in every subcommand: a malformed or impossible value (one clap
+/// accepted), unknown interface, invalid filter, missing directory, impossible combination of
+/// options, an unreadable token or CA file, another capture already owns the directory and
+/// prefix.
 pub const CONFIG: u8 = 3;
 /// Permission denied: no CAP_NET_RAW, or the output directory is not writable.
 pub const PERMISSION: u8 = 4;
@@ -26,4 +28,15 @@ pub const FORCED: u8 = 130;
 /// Errors that know which exit code they mean.
 pub trait ExitStatus: std::error::Error {
     fn exit_code(&self) -> u8;
+}
+
+/// An error and its causes on one line, "error: cause: cause", each said once.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }

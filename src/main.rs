@@ -59,13 +59,7 @@ fn report<E: ExitStatus>(r: Result<(), E>) -> u8 {
     match r {
         Ok(()) => exit::OK,
         Err(e) => {
-            let mut msg = format!("sidecap: error: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            print_error(&msg);
+            print_error(&format!("sidecap: error: {}", exit::with_causes(&e)));
             e.exit_code()
         }
     }

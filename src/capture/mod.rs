@@ -43,6 +43,30 @@ pub enum CaptureError {
     Open { interface: String, msg: String },
     #[error("{0}")]
     Io(String),
+    /// The output directory refused a file operation. Its exit code follows the cause: a
+    /// permission or read-only file system is [`exit::PERMISSION`], anything else a runtime
+    /// failure.
+    #[error("{msg}")]
+    Dir {
+        msg: String,
+        permission: bool,
+        #[source]
+        source: io::Error,
+    },
+    /// A thread or server the capture needs could not start.
+    #[error("cannot start the {what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// libpcap refused a request.
+    #[error("{what}")]
+    Pcap {
+        what: &'static str,
+        #[source]
+        source: pcap::Error,
+    },
     /// The capture ran and stopped on an error; its files are finalized.
     #[error("capture stopped: {0}")]
     Runtime(String),
@@ -56,10 +80,16 @@ impl ExitStatus for CaptureError {
             CaptureError::Config(_)
             | CaptureError::UnknownInterface { .. }
             | CaptureError::Filter { .. } => exit::CONFIG,
-            CaptureError::Permission(_) => exit::PERMISSION,
-            CaptureError::Open { .. } | CaptureError::Io(_) | CaptureError::Runtime(_) => {
-                exit::RUNTIME
-            }
+            CaptureError::Permission(_)
+            | CaptureError::Dir {
+                permission: true, ..
+            } => exit::PERMISSION,
+            CaptureError::Open { .. }
+            | CaptureError::Io(_)
+            | CaptureError::Dir { .. }
+            | CaptureError::Start { .. }
+            | CaptureError::Pcap { .. }
+            | CaptureError::Runtime(_) => exit::RUNTIME,
             CaptureError::Stdout(stdout::StdoutError::Terminal) => exit::CONFIG,
             CaptureError::Stdout(_) => exit::RUNTIME,
         }
@@ -73,18 +103,23 @@ pub struct Outcome {
 }
 
 /// An error creating or removing a file in the output directory, which exists (checked first).
-fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
+fn dir_error(dir: &std::path::Path, e: io::Error) -> CaptureError {
     let d = dir.display();
-    match e.kind() {
-        _ if e.raw_os_error() == Some(nix::libc::EROFS) => CaptureError::Permission(format!("output directory {d} is on a read-only file system")),
-        io::ErrorKind::PermissionDenied => CaptureError::Permission(format!(
-            "output directory {d} is not writable by uid {}: {e} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
+    let (permission, msg) = match e.kind() {
+        _ if e.raw_os_error() == Some(nix::libc::EROFS) => (true, format!("output directory {d} is on a read-only file system")),
+        io::ErrorKind::PermissionDenied => (true, format!(
+            "output directory {d} is not writable by uid {} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
             nix::unistd::geteuid()
         )),
         // The directory exists, yet creating a file in it says "not found": a special file
         // system such as /proc or /sys, which has no place for new files.
-        io::ErrorKind::NotFound => CaptureError::Permission(format!("output directory {d} exists but files cannot be created in it ({e}): it is not a writable file system (/proc, /sys?); mount the volume elsewhere (--dir)")),
-        _ => CaptureError::Io(format!("output directory {d}: {e}")),
+        io::ErrorKind::NotFound => (true, format!("output directory {d} exists but files cannot be created in it: it is not a writable file system (/proc, /sys?); mount the volume elsewhere (--dir)")),
+        _ => (false, format!("output directory {d}")),
+    };
+    CaptureError::Dir {
+        msg,
+        permission,
+        source: e,
     }
 }
 
@@ -99,7 +134,7 @@ fn check_dir(dir: &std::path::Path) -> Result<(), CaptureError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CaptureError::Config(format!(
             "output directory {d} does not exist: create it or mount the volume there (--dir)"
         ))),
-        Err(e) => Err(dir_error(dir, &e)),
+        Err(e) => Err(dir_error(dir, e)),
     }
 }
 
@@ -155,14 +190,14 @@ fn claim_directory(cfg: &CaptureConfig) -> Result<(Layout, CaptureLock), Capture
         LockError::Busy { .. } => CaptureError::Config(e.to_string()),
         // A planted link or FIFO as the lock: a configuration problem on the volume (exit 3).
         LockError::Io(io) if crate::volume::is_refused(&io) => CaptureError::Config(io.to_string()),
-        LockError::Io(io) => dir_error(&cfg.dir, &io),
+        LockError::Io(io) => dir_error(&cfg.dir, io),
     })?;
     match std::fs::remove_file(layout.marker_path()) {
         Ok(()) => {
             tracing::info!(marker = %layout.marker_path().display(), "Removed the done marker of an earlier run.")
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(dir_error(&cfg.dir, &e)),
+        Err(e) => return Err(dir_error(&cfg.dir, e)),
     }
     Ok((layout, lock))
 }
@@ -190,13 +225,14 @@ fn open_sink(
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
     let writer =
-        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
-            match e.io_kind() {
-                io::ErrorKind::PermissionDenied => {
-                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
-                }
-                _ => CaptureError::Io(e.to_string()),
+        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| match e {
+            writer::WriteError::Create { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                dir_error(&cfg.dir, source)
             }
+            // WriteError's message has its cause in it already: a source would say it twice.
+            e => CaptureError::Io(e.to_string()),
         })?;
     Ok(Sink::Files(Box::new(writer)))
 }
@@ -302,7 +338,10 @@ fn capture(
     let writer_thread = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run(rx, free_tx))
-        .map_err(|e| CaptureError::Io(format!("cannot start the writer thread: {e}")))?;
+        .map_err(|source| CaptureError::Start {
+            what: "writer thread",
+            source,
+        })?;
     let capture_thread = spawn_capture(src, cfg, overhead, tx, free_rx, metrics, shutdown)?;
     let status = start_terminal_ui(cfg, metrics, dest, first_path, shutdown);
     let end = capture_thread
@@ -350,7 +389,10 @@ fn spawn_capture(
                 source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
             }
         })
-        .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))
+        .map_err(|source| CaptureError::Start {
+            what: "capture thread",
+            source,
+        })
 }
 
 /// The done marker of a capture that ran: what the threads report.

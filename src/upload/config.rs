@@ -2,6 +2,7 @@
 //! checked once, before anything runs, and every secret found on the way is registered with the
 //! [`Redactor`] so no later message can leak it.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,12 +25,22 @@ pub const POD_ENV: [(&str, &str); 4] = [
     ("NODE_NAME", "x-sidecap-pod-node"),
 ];
 
+/// Both are invalid configuration (exit 3), as in `capture`: exit 2 is only for what the
+/// command-line parser itself refuses (an unknown flag, a missing value).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A malformed value: exit code 2 (usage).
+    /// A malformed or impossible value.
     #[error("{0}")]
-    Usage(String),
-    /// A file we were pointed at cannot be used: exit code 3 (configuration).
+    Value(String),
+    /// A file we were pointed at cannot be read.
+    #[error("{flag} {}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file that was read but cannot be used (not UTF-8, empty, a bad certificate).
     #[error("{0}")]
     File(String),
 }
@@ -151,7 +162,7 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
 /// The grace period and the safety margin, checked: everything the deadline needs, and nothing
 /// that reads a file (the watchdog is armed from these before any file is read).
 pub fn timing(o: &UploadOpts) -> Result<(Duration, Duration), ConfigError> {
-    let usage = ConfigError::Usage;
+    let usage = ConfigError::Value;
     let grace =
         parse_duration(&o.grace_period).map_err(|e| usage(format!("--grace-period: {e}")))?;
     let margin =
@@ -166,7 +177,7 @@ pub fn timing(o: &UploadOpts) -> Result<(Duration, Duration), ConfigError> {
 }
 
 pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, ConfigError> {
-    let usage = ConfigError::Usage;
+    let usage = ConfigError::Value;
     let mut redactor = Redactor::default();
     let (grace, margin) = timing(o)?;
     if o.prefix.is_empty() || o.prefix.contains('/') {
@@ -186,7 +197,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
     if let Some(p) = &o.bearer_token_file {
         // Checked now so a wrong path fails at start; read again for every file, because
         // mounted Secrets and projected tokens rotate while a long-running uploader lives.
-        read_token(p, &mut redactor).map_err(ConfigError::File)?;
+        read_token(p, &mut redactor)?;
     }
     let ca_pem = match &o.ca_file {
         Some(p) => Some(read_ca(p)?),
@@ -218,7 +229,7 @@ fn url_of(
     url_required: bool,
     redactor: &mut Redactor,
 ) -> Result<Option<String>, ConfigError> {
-    let usage = ConfigError::Usage;
+    let usage = ConfigError::Value;
     let u = match &o.url {
         Some(u) if !u.trim().is_empty() => u.trim().to_string(),
         _ if url_required => {
@@ -261,7 +272,7 @@ fn headers_of(
         .iter()
         .filter(|h| !h.trim().is_empty())
     {
-        let (n, v) = parse_header(h).map_err(ConfigError::Usage)?;
+        let (n, v) = parse_header(h).map_err(ConfigError::Value)?;
         // Any header value may be a credential (API keys come in many names): scrub them all
         // from messages. Short values are skipped so that "1" does not blank every number.
         if let Ok(s) = v.to_str() {
@@ -310,9 +321,17 @@ fn header_lines(values: &[String]) -> Vec<String> {
 
 /// Reads the bearer token file and registers the token as a secret. Bounded: a regular file of
 /// at most [`TOKEN_MAX`] bytes, opened without waiting (a FIFO, `/dev/zero` are refused).
-pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, String> {
-    let t = crate::volume::read_user_file(p, TOKEN_MAX)
-        .map_err(|e| format!("--bearer-token-file {}: {e}", p.display()))?;
+pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, ConfigError> {
+    let t = crate::volume::read_user_file(p, TOKEN_MAX).map_err(|source| ConfigError::Read {
+        flag: "--bearer-token-file",
+        path: p.to_path_buf(),
+        source,
+    })?;
+    read_token_text(p, t, redactor).map_err(ConfigError::File)
+}
+
+/// The token in a bearer token file's bytes, registered as a secret.
+fn read_token_text(p: &Path, t: Vec<u8>, redactor: &mut Redactor) -> Result<String, String> {
     let t = String::from_utf8(t)
         .map_err(|_| format!("--bearer-token-file {}: not UTF-8 text", p.display()))?;
     let t = t.trim().to_string();
@@ -333,8 +352,11 @@ pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, String> {
 /// bad one is named here (which file, which certificate, why) and not later as a bare
 /// "builder error".
 fn read_ca(p: &Path) -> Result<Vec<u8>, ConfigError> {
-    let pem = crate::volume::read_user_file(p, CA_MAX)
-        .map_err(|e| ConfigError::File(format!("--ca-file {}: {e}", p.display())))?;
+    let pem = crate::volume::read_user_file(p, CA_MAX).map_err(|source| ConfigError::Read {
+        flag: "--ca-file",
+        path: p.to_path_buf(),
+        source,
+    })?;
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => {
             for (i, c) in certs.into_iter().enumerate() {

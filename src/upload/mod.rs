@@ -28,7 +28,7 @@ mod request;
 pub mod retry;
 pub mod state;
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,10 +42,24 @@ use metrics::UploadMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A configuration mistake found outside the upload options (the uploader's own flags, the
+    /// directory).
     #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Config(String),
+    Invalid(String),
+    #[error("capture directory {} (mount the shared volume there, or set --dir)", dir.display())]
+    Dir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     Runtime(String),
     #[error("deadline reached with {left} file(s) not uploaded: {files}")]
@@ -65,20 +79,12 @@ pub enum UploadError {
 impl ExitStatus for UploadError {
     fn exit_code(&self) -> u8 {
         match self {
-            UploadError::Usage(_) => exit::USAGE,
-            UploadError::Config(_) => exit::CONFIG,
-            UploadError::Runtime(_) => exit::RUNTIME,
+            UploadError::Config(_) | UploadError::Invalid(_) | UploadError::Dir { .. } => {
+                exit::CONFIG
+            }
+            UploadError::Start { .. } | UploadError::Runtime(_) => exit::RUNTIME,
             UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
-        }
-    }
-}
-
-impl From<ConfigError> for UploadError {
-    fn from(e: ConfigError) -> Self {
-        match e {
-            ConfigError::Usage(m) => UploadError::Usage(m),
-            ConfigError::File(m) => UploadError::Config(m),
         }
     }
 }
@@ -87,14 +93,14 @@ fn check_dir(cfg: &UploadConfig) -> Result<(), UploadError> {
     let d = &cfg.layout.dir;
     match std::fs::metadata(d) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(UploadError::Config(format!(
+        Ok(_) => Err(UploadError::Invalid(format!(
             "--dir {} is not a directory",
             d.display()
         ))),
-        Err(e) => Err(UploadError::Config(format!(
-            "capture directory {}: {e} (mount the shared volume there, or set --dir)",
-            d.display()
-        ))),
+        Err(source) => Err(UploadError::Dir {
+            dir: d.clone(),
+            source,
+        }),
     }
 }
 
@@ -110,11 +116,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, UploadError> {
         .enable_all()
         .max_blocking_threads(4)
         .build()
-        .map_err(|e| UploadError::Runtime(format!("cannot start the async runtime: {e}")))
+        .map_err(|source| UploadError::Start {
+            what: "cannot start the async runtime",
+            source,
+        })
 }
 
 fn engine(cfg: Arc<UploadConfig>, metrics: Arc<UploadMetrics>) -> Result<Engine, UploadError> {
-    Engine::new(cfg, metrics).map_err(|e| UploadError::Config(e.to_string()))
+    Engine::new(cfg, metrics).map_err(|e| UploadError::Invalid(e.to_string()))
 }
 
 /// Exit code not decided yet (the watchdog then exits with [`exit::DEADLINE`]).
@@ -260,17 +269,17 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     install_panic_redaction(cfg.redactor.clone());
     check_dir(&cfg)?;
     let poll = crate::config::parse_duration(&args.poll_interval)
-        .map_err(|e| UploadError::Usage(format!("--poll-interval: {e}")))?;
+        .map_err(|e| UploadError::Invalid(format!("--poll-interval: {e}")))?;
     let file_timeout = crate::config::parse_duration(&args.file_timeout)
-        .map_err(|e| UploadError::Usage(format!("--file-timeout: {e}")))?;
+        .map_err(|e| UploadError::Invalid(format!("--file-timeout: {e}")))?;
     if poll.is_zero() || file_timeout.is_zero() {
-        return Err(UploadError::Usage(
+        return Err(UploadError::Invalid(
             "--poll-interval and --file-timeout must be positive".into(),
         ));
     }
-    let listen = admin::parse_listen(&args.listen).map_err(UploadError::Usage)?;
+    let listen = admin::parse_listen(&args.listen).map_err(UploadError::Invalid)?;
     let listener = match listen {
-        Some(a) => Some(admin::bind(a).map_err(UploadError::Config)?),
+        Some(a) => Some(admin::bind(a).map_err(UploadError::Invalid)?),
         None => None,
     };
     let rt = runtime()?;
@@ -282,8 +291,12 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     let token = shutdown.token();
     if let Some(listener) = listener {
         let metrics = metrics.clone();
-        admin::spawn(listener, admin::probes(|| true, move || metrics.render()))
-            .map_err(|e| UploadError::Runtime(format!("admin server: {e}")))?;
+        admin::spawn(listener, admin::probes(|| true, move || metrics.render())).map_err(
+            |source| UploadError::Start {
+                what: "cannot start the admin server",
+                source,
+            },
+        )?;
     }
     tracing::info!(
         dir = %cfg.layout.dir.display(),

@@ -88,7 +88,7 @@ async fn build(
         let token = blocking::value(move || config::read_token(&p, &mut redactor))
             .await
             .map_err(|e| other(e.to_string()))?
-            .map_err(other)?;
+            .map_err(|e| other(crate::exit::with_causes(&e)))?;
         if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}")) {
             v.set_sensitive(true);
             req = req.header(header::AUTHORIZATION, v);

@@ -237,3 +237,53 @@ fn the_function_length_check_finds_a_long_function() {
     assert_eq!(long_functions(&text, 80), vec![("long".to_string(), 4, 82)]);
     assert!(long_functions(&text, 82).is_empty());
 }
+
+/// The code and stderr of `sidecap <args>`.
+fn exit_of(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run sidecap");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_malformed_value_exits_3_and_an_unknown_flag_2_in_every_subcommand() {
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().expect("a UTF-8 temp dir");
+    let url = "http://127.0.0.1:9/in";
+    let malformed: &[&[&str]] = &[
+        &["capture", "--dir", dir, "--rotate-size", "lots"],
+        &[
+            "upload",
+            "--dir",
+            dir,
+            "--url",
+            url,
+            "--grace-period",
+            "soon",
+        ],
+        &[
+            "upload",
+            "--dir",
+            dir,
+            "--url",
+            url,
+            "--header",
+            "X-A: 1\nX-B: 2",
+        ],
+        &["uploader", "--dir", dir, "--poll-interval", "often"],
+        &["uploader", "--dir", dir, "--listen", "everywhere"],
+    ];
+    for args in malformed {
+        let (code, err) = exit_of(args);
+        assert_eq!(code, Some(3), "{args:?}: {err}");
+    }
+    for sub in ["capture", "upload", "uploader", "repair"] {
+        let (code, err) = exit_of(&[sub, "--no-such-flag"]);
+        assert_eq!(code, Some(2), "{sub}: {err}");
+    }
+}

@@ -1602,7 +1602,7 @@ fn secret_files_are_bounded_regular_files_read_without_waiting() {
 }
 
 #[test]
-fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
+fn a_header_with_a_line_break_or_one_sidecap_sets_is_invalid_configuration() {
     let (dir, names) = finished_capture(1);
     let rx = Receiver::start(vec![]);
     for h in [
@@ -1615,7 +1615,7 @@ fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
             upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s").args(["--header", h]),
             Duration::from_secs(10),
         );
-        assert_eq!(code, 2, "{h:?}: {log}");
+        assert_eq!(code, 3, "{h:?}: {log}");
         assert!(log.contains("invalid --header"), "{h:?}: {log}");
     }
     // '=' for ':' puts the secret into the name: the error must not echo it.
@@ -1624,7 +1624,7 @@ fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
             .args(["--header", "Authorization=Bearer s3cretTOKENvalue:x"]),
         Duration::from_secs(10),
     );
-    assert_eq!(code, 2, "{log}");
+    assert_eq!(code, 3, "{log}");
     assert!(log.contains("invalid --header name"), "{log}");
     assert!(
         !log.contains("s3cretTOKENvalue"),
