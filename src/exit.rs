@@ -25,6 +25,24 @@ pub const DAMAGED: u8 = 7;
 /// A second SIGTERM/SIGINT forced an immediate exit before the graceful stop finished.
 pub const FORCED: u8 = 130;
 
+/// The table `--help` shows under every subcommand (tests/it/docs.rs checks it against the
+/// constants above and docs/exit-codes.md).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized);
+       upload: everything uploaded (stopped by SIGTERM/SIGINT with files left: 5)
+  1    runtime failure after start (interface gone, unrecoverable disk error); files finalized;
+       upload: the capture directory could not be listed
+  2    usage error: what the command-line parser refuses (unknown flag, missing value)
+  3    invalid configuration: a malformed or impossible value, unknown interface, bad filter,
+       missing directory, unreadable token or CA file
+  4    permission denied (no CAP_NET_RAW, directory not writable)
+  5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
+  6    upload permanently rejected by the receiver
+  7    repair: damage before the end of a file (not just a torn last record); the damaged
+       spans were cut out (--dry-run: would be) and listed, every record around them kept
+  130  forced exit on a second SIGTERM/SIGINT";
+
 /// Errors that know which exit code they mean.
 pub trait ExitStatus: std::error::Error {
     fn exit_code(&self) -> u8;

@@ -19,7 +19,7 @@ use crate::pcapfile::{Damage, Scan, ScanError};
 
 /// `repair --help`: what is changed in each case, then the exit codes of every subcommand.
 fn long_help() -> String {
-    format!("{CHANGES}\n\n{}", crate::cli::EXIT_CODES)
+    format!("{CHANGES}\n\n{}", crate::exit::EXIT_CODES)
 }
 
 const CHANGES: &str = "\
@@ -220,7 +220,7 @@ fn rewrite_without(path: &Path, src: &std::fs::File, kept: &[(u64, u64)]) -> io:
         let _ = std::fs::remove_file(&tmp);
     }
     res?;
-    crate::capture::files::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    crate::files::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn report_one(path: &Path, r: &Repaired) {

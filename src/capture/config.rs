@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::rotate::RotatePolicy;
-use super::source::BUF_SIZE;
 use crate::cli::{CaptureArgs, LogFormat, TimePrecision};
 use crate::config::{parse_duration, parse_size};
 
-/// The default of `--prefix`, which `-w -` accepts because it is not a choice the user made.
-pub const DEFAULT_PREFIX: &str = "capture";
+/// Size of one write buffer: big sequential writes, ~4700 small packets per syscall. Here, not
+/// in the capture loop that fills them, because the queue and ring bounds are counted in them.
+pub const BUF_SIZE: usize = 1 << 20;
 
 /// The longest filter accepted, in bytes. tcpdump-style filters are a line or two; libpcap's
 /// optimizer time grows much faster than a filter's length (4 KB of `port N or ...` takes about
@@ -46,7 +46,7 @@ pub struct CaptureConfig {
     /// No status line and no exit summary.
     pub quiet: bool,
     pub log_format: LogFormat,
-    pub format: super::files::FileFormat,
+    pub format: crate::files::FileFormat,
     /// NSS key log to follow (pcapng only).
     pub tls_keylog: Option<std::path::PathBuf>,
 }
@@ -238,7 +238,7 @@ fn pace_of(a: &CaptureArgs) -> Result<Pace, String> {
 }
 
 fn check_keylog(a: &CaptureArgs) -> Result<(), String> {
-    if a.tls_keylog.is_some() && a.format != super::files::FileFormat::Pcapng {
+    if a.tls_keylog.is_some() && a.format != crate::files::FileFormat::Pcapng {
         return Err("--tls-keylog needs --format pcapng: only pcapng files can carry TLS secrets (classic pcap has no place for them)".into());
     }
     if a.tls_keylog
@@ -258,7 +258,7 @@ fn refuse_with_stdout(a: &CaptureArgs) -> Result<(), String> {
         ("--rotate-interval (-G)", a.rotate_interval.is_some()),
         ("--max-files (-W)", a.max_files.is_some()),
         ("--max-total-size", a.max_total_size.is_some()),
-        ("--prefix", a.prefix != DEFAULT_PREFIX),
+        ("--prefix", a.prefix != crate::files::DEFAULT_PREFIX),
     ];
     match set.iter().find(|(_, on)| *on) {
         Some((name, _)) => Err(format!(
@@ -311,7 +311,7 @@ mod tests {
         assert!(c.filter.is_none());
         assert!(!c.quiet && !c.stdout);
         assert!(cfg(&["-q"]).unwrap().quiet);
-        assert_eq!(c.format, super::super::files::FileFormat::Pcap);
+        assert_eq!(c.format, crate::files::FileFormat::Pcap);
     }
 
     #[test]

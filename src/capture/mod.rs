@@ -3,7 +3,6 @@
 //! is written last on every stop the process survives.
 
 pub mod config;
-pub mod files;
 pub mod format;
 pub mod interfaces;
 pub mod keylog;
@@ -20,8 +19,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::admin;
+// The file contract is its own top-level module ([`crate::files`]); capture's modules name it
+// `super::files` as they did when it lived here.
 use crate::cli::{CaptureArgs, LogFormat};
 use crate::exit::{self, ExitStatus};
+use crate::files;
 use crate::metrics::CaptureMetrics;
 use crate::process::Shutdown;
 use config::CaptureConfig;

@@ -1,5 +1,5 @@
 //! Command-line flags of the uploader subcommands: raw values and their environment variables.
-//! [`super::config`] turns them into a validated configuration before anything runs.
+//! `config.rs` turns them into a validated configuration before anything runs.
 //!
 //! Values that may carry secrets (`--url`, `--header`) hide their environment values in
 //! `--help`, so `sidecap upload --help` inside a Pod never prints them.

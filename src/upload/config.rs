@@ -10,12 +10,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
 use super::args::{Method, Order, UploadOpts};
-use super::redact::{self, Redactor};
-use crate::capture::files::Layout;
+use super::redact::{self, Redactor, FILE_PLACEHOLDER};
 use crate::config::parse_duration;
-
-/// The placeholder in `--url` replaced by the percent-encoded file name.
-pub const FILE_PLACEHOLDER: &str = "{file}";
+use crate::files::Layout;
 
 /// Downward-API environment variables sent as `X-Sidecap-Pod-*` headers when present.
 pub const POD_ENV: [(&str, &str); 4] = [

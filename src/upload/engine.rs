@@ -325,7 +325,7 @@ impl Engine {
             name: u.c.name.clone(),
             bytes: u.prep.file_len,
             sha256: u.prep.file_sha.clone(),
-            uploaded_at: crate::capture::files::rfc3339(SystemTime::now()),
+            uploaded_at: crate::files::rfc3339(SystemTime::now()),
             http_status: r.http_status.unwrap_or(0),
             idempotency_key: u.key.to_string(),
         };

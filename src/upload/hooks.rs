@@ -37,8 +37,8 @@ use super::engine::Engine;
 use super::report::{self, FileResult, FileStatus, Report};
 use super::state::{self, Candidate, Listing};
 use super::{blocking, retry};
-use crate::capture::files::{self, Layout};
 use crate::exit;
+use crate::files::{self, Layout};
 
 /// How often the preStop path looks at the capture while waiting for it to finalize.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -114,7 +114,7 @@ pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    if let Err(e) = crate::capture::files::write_atomic(&path, format!("{ms}\n").as_bytes()) {
+    if let Err(e) = crate::files::write_atomic(&path, format!("{ms}\n").as_bytes()) {
         tracing::warn!(file = %path.display(), error = %e, "Cannot record the preStop start: a re-run hook would count its deadline from its own start.");
     }
     (now, now_wall)

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::blocking;
-use crate::capture::files::{Layout, FILE_MODE};
+use crate::files::{Layout, FILE_MODE};
 use crate::volume;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,6 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use url::Url;
 
+/// The placeholder in `--url` replaced by the percent-encoded file name. Here because the
+/// redaction is what must know how a templated URL is written (its path is not a secret).
+pub const FILE_PLACEHOLDER: &str = "{file}";
+
 pub const REDACTED: &str = "[REDACTED]";
 /// Secrets shorter than this are not scrubbed from free text (they would blank ordinary words
 /// and numbers); they are still never printed on purpose.
@@ -39,8 +43,8 @@ pub fn is_sensitive_header(name: &str) -> bool {
 /// path); otherwise it may be the credential itself (Slack-style webhooks put it there), so
 /// it is replaced too. A URL that does not parse is shown as its scheme and host at most.
 pub fn url_for_display(raw: &str) -> String {
-    let templated = raw.contains(super::config::FILE_PLACEHOLDER);
-    match Url::parse(&raw.replace(super::config::FILE_PLACEHOLDER, "__FILE__")) {
+    let templated = raw.contains(FILE_PLACEHOLDER);
+    match Url::parse(&raw.replace(FILE_PLACEHOLDER, "__FILE__")) {
         Ok(mut u) => {
             let had_query = u.query().is_some();
             let had_fragment = u.fragment().is_some();
@@ -51,9 +55,7 @@ pub fn url_for_display(raw: &str) -> String {
             if !templated && u.path() != "/" {
                 u.set_path(REDACTED);
             }
-            let mut s = u
-                .to_string()
-                .replace("__FILE__", super::config::FILE_PLACEHOLDER);
+            let mut s = u.to_string().replace("__FILE__", FILE_PLACEHOLDER);
             if had_query {
                 s.push('?');
                 s.push_str(REDACTED);
@@ -120,7 +122,7 @@ impl Redactor {
     /// Registers a URL's secret parts: user info, query (whole, and each value), fragment, and
     /// the path when it is not a `{file}` template (see [`url_for_display`]).
     pub fn add_url(&mut self, raw: &str) {
-        if !raw.contains(super::config::FILE_PLACEHOLDER) {
+        if !raw.contains(FILE_PLACEHOLDER) {
             if let Ok(u) = Url::parse(raw) {
                 if u.path() != "/" {
                     self.add(u.path());
@@ -143,7 +145,7 @@ impl Redactor {
         if let Some((_, f)) = raw.split_once('#') {
             self.add(f);
         }
-        if let Ok(u) = Url::parse(&raw.replace(super::config::FILE_PLACEHOLDER, "x")) {
+        if let Ok(u) = Url::parse(&raw.replace(FILE_PLACEHOLDER, "x")) {
             if let Some(p) = u.password() {
                 self.add(p);
             }

@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use super::state::Candidate;
-use crate::capture::files::{self, Layout};
 use crate::exit;
+use crate::files::{self, Layout};
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

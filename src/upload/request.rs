@@ -14,7 +14,7 @@ use super::config::{self, UploadConfig};
 use super::redact::Redactor;
 use super::retry::{self, TransportError};
 use super::state::Candidate;
-use crate::capture::files::FileFormat;
+use crate::files::FileFormat;
 
 /// How much of an error response body is kept for the report (scrubbed).
 const ERROR_BODY_LIMIT: usize = 512;

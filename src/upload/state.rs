@@ -35,7 +35,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use crate::capture::files::{self, CaptureFile, DoneMarker, Layout};
+use crate::files::{self, CaptureFile, DoneMarker, Layout};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaptureState {

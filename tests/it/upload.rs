@@ -85,13 +85,13 @@ pub(crate) fn finished_capture(n: u32) -> (tempfile::TempDir, Vec<String>) {
         write_pcap(&dir.path().join(&name), 20 + i, 100 + i);
         names.push(name);
     }
-    let marker = sidecap::capture::files::DoneMarker {
+    let marker = sidecap::files::DoneMarker {
         reason: "signal SIGTERM".into(),
         clean: true,
         files: names.clone(),
         ..Default::default()
     };
-    sidecap::capture::files::write_atomic(
+    sidecap::files::write_atomic(
         &dir.path().join("capture.done"),
         &serde_json::to_vec(&marker).unwrap(),
     )
@@ -894,8 +894,8 @@ fn capture_that_never_finalizes_gets_its_complete_files_out_and_says_so() {
     let (dir, names) = finished_capture(2);
     std::fs::remove_file(dir.path().join("capture.done")).unwrap();
     // A capture that runs past the deadline: it holds the lock and writes a .part.
-    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
-    let _lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let layout = sidecap::files::Layout::new(dir.path(), "capture");
+    let _lock = sidecap::files::CaptureLock::acquire(&layout).unwrap();
     let live = "capture-20261122T154103Z-000003.pcap.part";
     write_pcap(&dir.path().join(live), 3, 60);
     let rx = Receiver::start(vec![]);
@@ -1206,8 +1206,8 @@ fn a_refused_old_file_cannot_starve_the_final_file() {
     let dir = tempdir();
     let old = "capture-20261122T154101Z-000001.pcap";
     write_pcap(&dir.path().join(old), 20, 100);
-    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
-    let lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let layout = sidecap::files::Layout::new(dir.path(), "capture");
+    let lock = sidecap::files::CaptureLock::acquire(&layout).unwrap();
     let live = dir.path().join("capture-20261122T154102Z-000002.pcap.part");
     write_pcap(&live, 30, 100);
     let rx = Receiver::start(vec![]);
@@ -1223,12 +1223,12 @@ fn a_refused_old_file_cannot_starve_the_final_file() {
     // The app is gone: the capture finalizes its last file and exits.
     let fin = dir.path().join("capture-20261122T154102Z-000002.pcap");
     std::fs::rename(&live, &fin).unwrap();
-    let marker = sidecap::capture::files::DoneMarker {
+    let marker = sidecap::files::DoneMarker {
         reason: "signal SIGTERM".into(),
         clean: true,
         ..Default::default()
     };
-    sidecap::capture::files::write_atomic(
+    sidecap::files::write_atomic(
         &dir.path().join("capture.done"),
         &serde_json::to_vec(&marker).unwrap(),
     )
