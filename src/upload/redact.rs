@@ -135,11 +135,11 @@ impl Redactor {
             for pair in q.split('&') {
                 if let Some((_, v)) = pair.split_once('=') {
                     self.add(v);
-                    // Also the decoded form, which error messages may show.
-                    if let Ok(dec) = percent_decode(v) {
-                        self.add(&dec);
-                    }
                 }
+            }
+            // Also the decoded forms, which error messages may show.
+            for (_, v) in url::form_urlencoded::parse(q.as_bytes()) {
+                self.add(&v);
             }
         }
         if let Some((_, f)) = raw.split_once('#') {
@@ -168,30 +168,6 @@ impl Redactor {
         }
         out
     }
-}
-
-fn percent_decode(s: &str) -> Result<String, ()> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let h = std::str::from_utf8(&b[i + 1..i + 3]).map_err(|_| ())?;
-                out.push(u8::from_str_radix(h, 16).map_err(|_| ())?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
 }
 
 #[cfg(test)]
