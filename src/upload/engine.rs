@@ -32,8 +32,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot set up the HTTP client: {0}")]
-    Client(String),
+    #[error("--ca-file")]
+    Ca(#[source] reqwest::Error),
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
 }
 
 pub struct Engine {
@@ -68,13 +70,12 @@ impl Engine {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sidecap/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| EngineError::Client(format!("--ca-file: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(EngineError::Ca)?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }
         }
-        let client = b.build().map_err(|e| EngineError::Client(e.to_string()))?;
+        let client = b.build().map_err(EngineError::Client)?;
         Ok(Engine {
             client,
             ledger: Ledger::new(&cfg.layout),

@@ -44,6 +44,8 @@ use metrics::UploadMetrics;
 pub enum UploadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
     /// A configuration mistake found outside the upload options (the uploader's own flags, the
     /// directory).
     #[error("{0}")]
@@ -79,9 +81,10 @@ pub enum UploadError {
 impl ExitStatus for UploadError {
     fn exit_code(&self) -> u8 {
         match self {
-            UploadError::Config(_) | UploadError::Invalid(_) | UploadError::Dir { .. } => {
-                exit::CONFIG
-            }
+            UploadError::Config(_)
+            | UploadError::Engine(_)
+            | UploadError::Invalid(_)
+            | UploadError::Dir { .. } => exit::CONFIG,
             UploadError::Start { .. } | UploadError::Runtime(_) => exit::RUNTIME,
             UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
@@ -123,7 +126,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, UploadError> {
 }
 
 fn engine(cfg: Arc<UploadConfig>, metrics: Arc<UploadMetrics>) -> Result<Engine, UploadError> {
-    Engine::new(cfg, metrics).map_err(|e| UploadError::Invalid(e.to_string()))
+    Ok(Engine::new(cfg, metrics)?)
 }
 
 /// Exit code not decided yet (the watchdog then exits with [`exit::DEADLINE`]).
