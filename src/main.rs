@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Capture(mut args) => {
             args.log_format = cli.log_format;
-            report(sidecap::capture::run(&args, shutdown).map(|_| ()))
+            report(sidecap::capture::run(&args, shutdown))
         }
         Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
         Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),

@@ -98,12 +98,6 @@ impl ExitStatus for CaptureError {
     }
 }
 
-/// What a finished capture reports.
-#[derive(Debug)]
-pub struct Outcome {
-    pub marker: DoneMarker,
-}
-
 /// An error creating or removing a file in the output directory, which exists (checked first).
 fn dir_error(dir: &std::path::Path, e: io::Error) -> CaptureError {
     let d = dir.display();
@@ -242,16 +236,14 @@ fn open_sink(
 /// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
 /// duration, the reader of `-w -` gone); Err(Runtime) after finalizing when the capture stopped
 /// on an error.
-pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
+pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<(), CaptureError> {
     let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
     if !cfg.stdout {
         check_dir(&cfg.dir)?;
     }
     if shutdown.is_triggered() {
         // Nothing is ours yet (not even the lock): nothing to finalize or mark.
-        return Ok(Outcome {
-            marker: DoneMarker::default(),
-        });
+        return Ok(());
     }
     let (dest, _lock) = if cfg.stdout {
         stdout::refuse_terminal()?;
@@ -442,7 +434,7 @@ fn finish(
     marker: DoneMarker,
     error: Option<String>,
     shutdown: &Shutdown,
-) -> Result<Outcome, CaptureError> {
+) -> Result<(), CaptureError> {
     let marker_written = write_marker(dest, &marker, shutdown);
     tracing::info!(
         reason = %marker.reason,
@@ -472,7 +464,7 @@ fn finish(
             "{e} (files finalized; {})",
             marker_note(w)
         ))),
-        (None, true) => Ok(Outcome { marker }),
+        (None, true) => Ok(()),
         (None, false) => Err(CaptureError::Runtime(format!(
             "files finalized, but {}",
             marker_note(false)
@@ -516,7 +508,7 @@ fn stopped_before_capture(
     dest: &Dest,
     started: SystemTime,
     shutdown: &Shutdown,
-) -> Result<Outcome, CaptureError> {
+) -> Result<(), CaptureError> {
     let reason = shutdown
         .reason()
         .map(|r| r.to_string())
@@ -535,7 +527,7 @@ fn stopped_before_capture(
     };
     tracing::info!(reason = %marker.reason, "Stopped before capturing.");
     if write_marker(dest, &marker, shutdown) {
-        Ok(Outcome { marker })
+        Ok(())
     } else {
         Err(CaptureError::Runtime(
             "stopped before capturing, but the done marker could not be written".into(),
