@@ -221,6 +221,19 @@ pub fn common_route(
     }
 }
 
+/// A handler that serves the common routes only: readiness from `ready`, `/metrics` from
+/// `metrics`.
+pub fn probes<R, M>(ready: R, metrics: M) -> Handler
+where
+    R: Fn() -> bool + Send + Sync + 'static,
+    M: Fn() -> String + Send + Sync + 'static,
+{
+    Arc::new(move |method: Method, path: String| {
+        let reply = common_route(&method, &path, ready(), &metrics).unwrap_or_else(not_found);
+        Box::pin(async move { reply })
+    })
+}
+
 pub fn not_found() -> Reply {
     Reply::text(
         StatusCode::NOT_FOUND,

@@ -6,22 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_CAPTURE_LISTEN: &str = "0.0.0.0:9797";
+// Defined with the logging it selects; named here too, where the flag is.
+use crate::exit::EXIT_CODES;
+pub use crate::logging::LogFormat;
 
-pub(crate) const EXIT_CODES: &str = "\
-Exit codes:
-  0    clean stop (finished, or SIGTERM/SIGINT handled and everything finalized);
-       upload: everything uploaded (stopped by SIGTERM/SIGINT with files left: 5)
-  1    runtime failure after start (interface gone, unrecoverable disk error); files finalized;
-       upload: the capture directory could not be listed
-  2    usage error
-  3    invalid configuration (unknown interface, bad filter, missing directory, impossible options)
-  4    permission denied (no CAP_NET_RAW, directory not writable)
-  5    upload: files left (deadline reached, stopped by a signal, or a dead file not repairable)
-  6    upload permanently rejected by the receiver
-  7    repair: damage before the end of a file (not just a torn last record); the damaged
-       spans were cut out (--dry-run: would be) and listed, every record around them kept
-  130  forced exit on a second SIGTERM/SIGINT";
+pub const DEFAULT_CAPTURE_LISTEN: &str = "0.0.0.0:9797";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,13 +33,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Capture packets into rotating pcap files (the capture sidecar, or `sudo sidecap capture -i lo`).
@@ -60,7 +42,7 @@ pub enum Command {
     /// SIGUSR1 prints the statistics and the capture goes on.
     #[command(after_help = EXIT_CODES)]
     Capture(Box<CaptureArgs>),
-    /// Long-running uploader sidecar: idle PID 1, optional continuous upload, HTTP preStop hook.
+    /// Long-running uploader sidecar: idle PID 1, optional continuous upload, metrics.
     #[command(after_help = EXIT_CODES)]
     Uploader(Box<crate::upload::args::UploaderArgs>),
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
@@ -93,7 +75,7 @@ pub struct CaptureArgs {
 
     /// File name prefix: files are <prefix>-<UTC time>-<seq>.pcap(.part), the done marker is
     /// <prefix>.done, the lock <prefix>.lock.
-    #[arg(long, env = "SIDECAP_PREFIX", default_value = crate::capture::config::DEFAULT_PREFIX)]
+    #[arg(long, env = "SIDECAP_PREFIX", default_value = crate::files::DEFAULT_PREFIX)]
     pub prefix: String,
 
     /// BPF filter (pcap-filter(7)), as an alternative to the trailing expression. At most 4096
@@ -189,8 +171,8 @@ pub struct CaptureArgs {
     /// Output file format. pcapng files also carry the Pod's identity (POD_NAME, POD_NAMESPACE,
     /// POD_UID, NODE_NAME, CONTAINER_IMAGE), interface names, per-file statistics and TLS
     /// secrets (--tls-keylog); pcap is what tcpdump writes and the oldest tools read.
-    #[arg(long, env = "SIDECAP_FORMAT", value_enum, default_value_t = crate::capture::files::FileFormat::Pcap)]
-    pub format: crate::capture::files::FileFormat,
+    #[arg(long, env = "SIDECAP_FORMAT", value_enum, default_value_t = crate::files::FileFormat::Pcap)]
+    pub format: crate::files::FileFormat,
 
     /// Follow this NSS key log file (SSLKEYLOGFILE, written by the app into the shared volume)
     /// and embed each new TLS secret in the pcapng file before the packets that follow, so

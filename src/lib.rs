@@ -2,7 +2,7 @@
 //! gets the capture out before the Pod is gone.
 //!
 //! The data path reads in one direction: kernel ring -> capture thread -> writer thread -> files
-//! on the volume -> uploader -> webhook. The file contract in [`capture::files`] is the only
+//! on the volume -> uploader -> webhook. The file contract in [`files`] is the only
 //! interface between capture and upload, which is what lets them live in different containers.
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod files;
 pub mod logging;
 pub mod metrics;
 pub mod pcapfile;

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Capture(mut args) => {
             args.log_format = cli.log_format;
-            report(sidecap::capture::run(&args, shutdown).map(|_| ()))
+            report(sidecap::capture::run(&args, shutdown))
         }
         Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
         Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),
@@ -59,13 +59,7 @@ fn report<E: ExitStatus>(r: Result<(), E>) -> u8 {
     match r {
         Ok(()) => exit::OK,
         Err(e) => {
-            let mut msg = format!("sidecap: error: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            print_error(&msg);
+            print_error(&format!("sidecap: error: {}", exit::with_causes(&e)));
             e.exit_code()
         }
     }

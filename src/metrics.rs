@@ -27,109 +27,142 @@ pub struct CaptureMetrics {
     pub start_time_seconds: AtomicU64,
 }
 
-impl CaptureMetrics {
-    pub fn render(&self, interface: &str) -> String {
-        let mut s = String::with_capacity(2048);
-        let l = format!("interface=\"{}\"", escape_label(interface));
-        let g = |v: &AtomicU64| v.load(Relaxed);
-        let mut m = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{l}}} {v}"
-            );
+/// Prometheus text exposition: `# HELP`, `# TYPE` and one sample per metric, every sample with
+/// the same labels. The one renderer of the capture's and the uploader's counters.
+pub struct Exposition {
+    text: String,
+    labels: String,
+}
+
+impl Exposition {
+    pub fn new(labels: &[(&str, &str)]) -> Exposition {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.join(","))
         };
-        m(
+        Exposition {
+            text: String::with_capacity(2048),
+            labels,
+        }
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, v: &AtomicU64) -> &mut Self {
+        self.sample(name, "counter", help, v.load(Relaxed))
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, v: u64) -> &mut Self {
+        self.sample(name, "gauge", help, v)
+    }
+
+    fn sample(&mut self, name: &str, kind: &str, help: &str, v: u64) -> &mut Self {
+        let l = &self.labels;
+        let _ = writeln!(
+            self.text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{l} {v}"
+        );
+        self
+    }
+
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.text)
+    }
+}
+
+impl CaptureMetrics {
+    /// libpcap's own counters.
+    fn kernel_stats(&self, p: &mut Exposition) {
+        p.counter(
+            "sidecap_kernel_received_total",
+            "libpcap ps_recv. On lo and any the kernel counts each packet twice.",
+            &self.kernel_received,
+        )
+        .counter(
+            "sidecap_kernel_dropped_total",
+            "libpcap ps_drop: packets dropped because the kernel ring was full. On lo and any about twice the real loss.",
+            &self.kernel_dropped,
+        )
+        .counter(
+            "sidecap_interface_dropped_total",
+            "libpcap ps_ifdrop: packets dropped by the interface or driver.",
+            &self.interface_dropped,
+        );
+    }
+
+    pub fn render(&self, interface: &str) -> String {
+        let g = |v: &AtomicU64| v.load(Relaxed);
+        let mut p = Exposition::new(&[("interface", interface)]);
+        p.gauge(
             "sidecap_capture_ready",
-            "gauge",
             "1 once the pcap handle is active and the first file is on disk.",
             self.ready.load(Relaxed) as u64,
-        );
-        m(
+        )
+        .counter(
             "sidecap_packets_captured_total",
-            "counter",
             "Packets read from the kernel.",
-            g(&self.packets_captured),
-        );
-        m(
+            &self.packets_captured,
+        )
+        .counter(
             "sidecap_bytes_captured_total",
-            "counter",
             "Captured bytes (caplen) read from the kernel.",
-            g(&self.bytes_captured),
-        );
-        m(
+            &self.bytes_captured,
+        )
+        .counter(
             "sidecap_packets_written_total",
-            "counter",
             "Packets written to pcap files (handed to the kernel page cache).",
-            g(&self.packets_written),
-        );
-        m(
+            &self.packets_written,
+        )
+        .counter(
             "sidecap_bytes_written_total",
-            "counter",
             "Bytes written to pcap files, headers included.",
-            g(&self.bytes_written),
-        );
-        m(
+            &self.bytes_written,
+        )
+        .counter(
             "sidecap_files_finished_total",
-            "counter",
             "Files completed (fsynced and renamed from .pcap.part to .pcap).",
-            g(&self.files_finished),
-        );
-        m(
+            &self.files_finished,
+        )
+        .counter(
             "sidecap_files_deleted_total",
-            "counter",
             "Finished files deleted by the ring bound (--max-files, --max-total-size).",
-            g(&self.files_deleted),
-        );
-        m(
+            &self.files_deleted,
+        )
+        .counter(
             "sidecap_bytes_deleted_total",
-            "counter",
             "Bytes deleted by the ring bound.",
-            g(&self.bytes_deleted),
-        );
-        m(
+            &self.bytes_deleted,
+        )
+        .counter(
             "sidecap_disk_dropped_packets_total",
-            "counter",
             "Captured packets that could not be written (disk full or over the size bound).",
-            g(&self.disk_dropped_packets),
-        );
-        m(
+            &self.disk_dropped_packets,
+        )
+        .counter(
             "sidecap_write_errors_total",
-            "counter",
             "Failed writes to the output directory.",
-            g(&self.write_errors),
+            &self.write_errors,
         );
-        m(
-            "sidecap_kernel_received_total",
-            "counter",
-            "libpcap ps_recv. On lo and any the kernel counts each packet twice.",
-            g(&self.kernel_received),
-        );
-        m("sidecap_kernel_dropped_total", "counter", "libpcap ps_drop: packets dropped because the kernel ring was full. On lo and any about twice the real loss.", g(&self.kernel_dropped));
-        m(
-            "sidecap_interface_dropped_total",
-            "counter",
-            "libpcap ps_ifdrop: packets dropped by the interface or driver.",
-            g(&self.interface_dropped),
-        );
-        m(
+        self.kernel_stats(&mut p);
+        p.gauge(
             "sidecap_queue_bytes",
-            "gauge",
             "Captured bytes waiting for the writer.",
             g(&self.queue_bytes),
-        );
-        m(
+        )
+        .gauge(
             "sidecap_directory_bytes",
-            "gauge",
             "Bytes of this prefix's files in the output directory.",
             g(&self.dir_bytes),
-        );
-        m(
+        )
+        .gauge(
             "sidecap_start_time_seconds",
-            "gauge",
             "Unix time the capture started.",
             g(&self.start_time_seconds),
-        );
-        s
+        )
+        .finish()
     }
 }
 

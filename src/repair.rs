@@ -19,7 +19,7 @@ use crate::pcapfile::{Damage, Scan, ScanError};
 
 /// `repair --help`: what is changed in each case, then the exit codes of every subcommand.
 fn long_help() -> String {
-    format!("{CHANGES}\n\n{}", crate::cli::EXIT_CODES)
+    format!("{CHANGES}\n\n{}", crate::exit::EXIT_CODES)
 }
 
 const CHANGES: &str = "\
@@ -105,25 +105,7 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
         return Err(unreadable(ScanError::NotPcap("not a regular file".into())));
     }
     let mut scan = crate::pcapng::scan_any(&src).map_err(unreadable)?;
-    let pcapng = {
-        let mut magic = [0u8; 4];
-        src.read_exact_at(&mut magic, 0).is_ok() && crate::pcapng::is_pcapng(&magic)
-    };
-    // A pcapng "torn last block" with a complete block after its start is a corrupt length in
-    // the middle, not a torn tail: damage, never cut silently.
-    if pcapng {
-        if let Some(t) = scan.torn_tail.clone() {
-            if crate::pcapng::complete_block_after(&src, t.offset, scan.swapped)
-                .map_err(|e| unreadable(e.into()))?
-            {
-                scan.torn_tail = None;
-                scan.damaged.push(Damage {
-                    what: format!("{} (complete blocks follow: not a torn tail)", t.what),
-                    ..t
-                });
-            }
-        }
-    }
+    let pcapng = recheck_pcapng_tail(&src, &mut scan).map_err(unreadable)?;
     // The pcapng walker does not resynchronise after damage: such a file is reported (exit 7)
     // and left exactly as it is, never cut back to the damage.
     let dry_run = dry_run || (pcapng && !scan.damaged.is_empty());
@@ -170,6 +152,25 @@ pub fn repair_file(path: &Path, dry_run: bool) -> Result<Repaired, RepairError> 
         damaged,
         torn_tail,
     })
+}
+
+/// Whether `src` is pcapng. In one, a "torn last block" with a complete block after its start
+/// is a corrupt length in the middle, not a torn tail: made damage, never cut silently.
+fn recheck_pcapng_tail(src: &std::fs::File, scan: &mut Scan) -> Result<bool, ScanError> {
+    let mut magic = [0u8; 4];
+    if src.read_exact_at(&mut magic, 0).is_err() || !crate::pcapng::is_pcapng(&magic) {
+        return Ok(false);
+    }
+    if let Some(t) = scan.torn_tail.clone() {
+        if crate::pcapng::complete_block_after(src, t.offset, scan.swapped)? {
+            scan.torn_tail = None;
+            scan.damaged.push(Damage {
+                what: format!("{} (complete blocks follow: not a torn tail)", t.what),
+                ..t
+            });
+        }
+    }
+    Ok(true)
 }
 
 /// `f` if it is the file `scanned` was opened on: the name may have been replaced (by a link,
@@ -219,7 +220,7 @@ fn rewrite_without(path: &Path, src: &std::fs::File, kept: &[(u64, u64)]) -> io:
         let _ = std::fs::remove_file(&tmp);
     }
     res?;
-    crate::capture::files::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    crate::files::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn report_one(path: &Path, r: &Repaired) {

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::rotate::RotatePolicy;
-use super::source::BUF_SIZE;
 use crate::cli::{CaptureArgs, LogFormat, TimePrecision};
 use crate::config::{parse_duration, parse_size};
 
-/// The default of `--prefix`, which `-w -` accepts because it is not a choice the user made.
-pub const DEFAULT_PREFIX: &str = "capture";
+/// Size of one write buffer: big sequential writes, ~4700 small packets per syscall. Here, not
+/// in the capture loop that fills them, because the queue and ring bounds are counted in them.
+pub const BUF_SIZE: usize = 1 << 20;
 
 /// The longest filter accepted, in bytes. tcpdump-style filters are a line or two; libpcap's
 /// optimizer time grows much faster than a filter's length (4 KB of `port N or ...` takes about
@@ -46,7 +46,7 @@ pub struct CaptureConfig {
     /// No status line and no exit summary.
     pub quiet: bool,
     pub log_format: LogFormat,
-    pub format: super::files::FileFormat,
+    pub format: crate::files::FileFormat,
     /// NSS key log to follow (pcapng only).
     pub tls_keylog: Option<std::path::PathBuf>,
 }
@@ -55,20 +55,23 @@ fn flag<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
     r.map_err(|e| format!("{name}: {e}"))
 }
 
+/// The rotation and ring flags, checked together: what each allows depends on the others.
+struct Files {
+    rotate: RotatePolicy,
+    max_files: Option<u64>,
+    max_total_size: Option<u64>,
+}
+
+/// The flags that end a capture or pace its writes.
+struct Pace {
+    duration: Option<Duration>,
+    flush_interval: Duration,
+    queue_buffers: usize,
+}
+
 impl CaptureConfig {
     pub fn from_args(a: &CaptureArgs) -> Result<CaptureConfig, String> {
-        let filter = match (&a.filter, a.expression.is_empty()) {
-            (Some(f), _) => Some(f.clone()),
-            (None, false) => Some(a.expression.join(" ")),
-            (None, true) => None,
-        }
-        .filter(|f| !f.trim().is_empty());
-        if let Some(f) = filter.as_ref().filter(|f| f.len() > MAX_FILTER_LEN) {
-            return Err(format!(
-                "--filter: {} bytes is longer than the {MAX_FILTER_LEN} accepted (libpcap's optimizer needs minutes and gigabytes for filters that long); shorten it, e.g. with net/portrange instead of many host/port terms",
-                f.len()
-            ));
-        }
+        let filter = filter_of(a)?;
         if a.interface.is_empty() {
             return Err("--interface: must not be empty".into());
         }
@@ -93,87 +96,14 @@ impl CaptureConfig {
                 a.buffer_size
             ));
         }
-        let mut rotate_size = a
-            .rotate_size
-            .as_deref()
-            .map(|s| flag("--rotate-size", parse_size(s, 1_000_000)))
-            .transpose()?;
-        if rotate_size.is_some_and(|s| s < 1024) {
-            return Err("--rotate-size: must be at least 1KiB".into());
-        }
-        let rotate_interval = a
-            .rotate_interval
-            .as_deref()
-            .map(|s| flag("--rotate-interval", parse_duration(s)))
-            .transpose()?;
-        if rotate_interval.is_some_and(|d| d < Duration::from_secs(1)) {
-            return Err("--rotate-interval: must be at least 1s".into());
-        }
-        let max_total_size = a
-            .max_total_size
-            .as_deref()
-            .map(|s| flag("--max-total-size", parse_size(s, 1)))
-            .transpose()?;
-        if let Some(max) = max_total_size {
-            let min = 4 * (BUF_SIZE as u64);
-            if max < min {
-                return Err(format!(
-                    "--max-total-size: must be at least {} (4 write buffers)",
-                    crate::config::human_bytes(min)
-                ));
-            }
-            match rotate_size {
-                None => rotate_size = Some(max / 8),
-                Some(r) if r > max / 2 => {
-                    return Err(format!(
-                        "--rotate-size ({r} bytes) must be at most half of --max-total-size ({max} bytes), so a finished file can be deleted while the next one is written"
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(w) = a.max_files {
-            if w < 2 {
-                return Err("--max-files: must be at least 2 (the file being written and one finished file)".into());
-            }
-            if rotate_size.is_none() && rotate_interval.is_none() {
-                return Err("--max-files needs --rotate-size, --rotate-interval or --max-total-size: without rotation there is only one file".into());
-            }
-        }
-        if a.count == Some(0) {
-            return Err("--count: must be at least 1".into());
-        }
-        let duration = a
-            .duration
-            .as_deref()
-            .map(|s| flag("--duration", parse_duration(s)))
-            .transpose()?;
-        if duration == Some(Duration::ZERO) {
-            return Err("--duration: must be more than 0".into());
-        }
-        let flush_interval = flag("--flush-interval", parse_duration(&a.flush_interval))?;
-        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&flush_interval) {
-            return Err("--flush-interval: must be between 10ms and 1h".into());
-        }
-        let queue_size = flag("--queue-size", parse_size(&a.queue_size, 1))?;
-        let queue_buffers = (queue_size / BUF_SIZE as u64) as usize;
-        if queue_buffers < 2 {
-            return Err("--queue-size: must be at least 2MiB".into());
-        }
+        let files = files_of(a)?;
+        let pace = pace_of(a)?;
         let listen = crate::admin::parse_listen(&a.listen)?;
         let wait_for_interface = flag(
             "--wait-for-interface",
             parse_duration(&a.wait_for_interface),
         )?;
-        if a.tls_keylog.is_some() && a.format != super::files::FileFormat::Pcapng {
-            return Err("--tls-keylog needs --format pcapng: only pcapng files can carry TLS secrets (classic pcap has no place for them)".into());
-        }
-        if a.tls_keylog
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err("--tls-keylog: must not be empty".into());
-        }
+        check_keylog(a)?;
         Ok(CaptureConfig {
             interface: a.interface.clone(),
             dir: a.dir.clone(),
@@ -182,16 +112,13 @@ impl CaptureConfig {
             snaplen,
             buffer_size,
             promisc: !a.no_promiscuous,
-            rotate: RotatePolicy {
-                size: rotate_size,
-                interval: rotate_interval,
-            },
-            max_files: a.max_files.map(u64::from),
-            max_total_size,
+            rotate: files.rotate,
+            max_files: files.max_files,
+            max_total_size: files.max_total_size,
             count: a.count,
-            duration,
-            flush_interval,
-            queue_buffers,
+            duration: pace.duration,
+            flush_interval: pace.flush_interval,
+            queue_buffers: pace.queue_buffers,
             nano: a.time_precision == TimePrecision::Nano,
             listen,
             wait_for_interface,
@@ -204,6 +131,125 @@ impl CaptureConfig {
     }
 }
 
+/// `--filter`, or the expression after the options; empty means none.
+fn filter_of(a: &CaptureArgs) -> Result<Option<String>, String> {
+    let filter = match (&a.filter, a.expression.is_empty()) {
+        (Some(f), _) => Some(f.clone()),
+        (None, false) => Some(a.expression.join(" ")),
+        (None, true) => None,
+    }
+    .filter(|f| !f.trim().is_empty());
+    if let Some(f) = filter.as_ref().filter(|f| f.len() > MAX_FILTER_LEN) {
+        return Err(format!(
+            "--filter: {} bytes is longer than the {MAX_FILTER_LEN} accepted (libpcap's optimizer needs minutes and gigabytes for filters that long); shorten it, e.g. with net/portrange instead of many host/port terms",
+            f.len()
+        ));
+    }
+    Ok(filter)
+}
+
+fn files_of(a: &CaptureArgs) -> Result<Files, String> {
+    let mut rotate_size = a
+        .rotate_size
+        .as_deref()
+        .map(|s| flag("--rotate-size", parse_size(s, 1_000_000)))
+        .transpose()?;
+    if rotate_size.is_some_and(|s| s < 1024) {
+        return Err("--rotate-size: must be at least 1KiB".into());
+    }
+    let rotate_interval = a
+        .rotate_interval
+        .as_deref()
+        .map(|s| flag("--rotate-interval", parse_duration(s)))
+        .transpose()?;
+    if rotate_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err("--rotate-interval: must be at least 1s".into());
+    }
+    let max_total_size = a
+        .max_total_size
+        .as_deref()
+        .map(|s| flag("--max-total-size", parse_size(s, 1)))
+        .transpose()?;
+    if let Some(max) = max_total_size {
+        let min = 4 * (BUF_SIZE as u64);
+        if max < min {
+            return Err(format!(
+                "--max-total-size: must be at least {} (4 write buffers)",
+                crate::config::human_bytes(min)
+            ));
+        }
+        match rotate_size {
+            None => rotate_size = Some(max / 8),
+            Some(r) if r > max / 2 => {
+                return Err(format!(
+                    "--rotate-size ({r} bytes) must be at most half of --max-total-size ({max} bytes), so a finished file can be deleted while the next one is written"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(w) = a.max_files {
+        if w < 2 {
+            return Err(
+                "--max-files: must be at least 2 (the file being written and one finished file)"
+                    .into(),
+            );
+        }
+        if rotate_size.is_none() && rotate_interval.is_none() {
+            return Err("--max-files needs --rotate-size, --rotate-interval or --max-total-size: without rotation there is only one file".into());
+        }
+    }
+    Ok(Files {
+        rotate: RotatePolicy {
+            size: rotate_size,
+            interval: rotate_interval,
+        },
+        max_files: a.max_files.map(u64::from),
+        max_total_size,
+    })
+}
+
+fn pace_of(a: &CaptureArgs) -> Result<Pace, String> {
+    if a.count == Some(0) {
+        return Err("--count: must be at least 1".into());
+    }
+    let duration = a
+        .duration
+        .as_deref()
+        .map(|s| flag("--duration", parse_duration(s)))
+        .transpose()?;
+    if duration == Some(Duration::ZERO) {
+        return Err("--duration: must be more than 0".into());
+    }
+    let flush_interval = flag("--flush-interval", parse_duration(&a.flush_interval))?;
+    if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&flush_interval) {
+        return Err("--flush-interval: must be between 10ms and 1h".into());
+    }
+    let queue_size = flag("--queue-size", parse_size(&a.queue_size, 1))?;
+    let queue_buffers = (queue_size / BUF_SIZE as u64) as usize;
+    if queue_buffers < 2 {
+        return Err("--queue-size: must be at least 2MiB".into());
+    }
+    Ok(Pace {
+        duration,
+        flush_interval,
+        queue_buffers,
+    })
+}
+
+fn check_keylog(a: &CaptureArgs) -> Result<(), String> {
+    if a.tls_keylog.is_some() && a.format != crate::files::FileFormat::Pcapng {
+        return Err("--tls-keylog needs --format pcapng: only pcapng files can carry TLS secrets (classic pcap has no place for them)".into());
+    }
+    if a.tls_keylog
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err("--tls-keylog: must not be empty".into());
+    }
+    Ok(())
+}
+
 /// Options about files, which `-w -` does not write: naming the option beats silently
 /// ignoring it.
 fn refuse_with_stdout(a: &CaptureArgs) -> Result<(), String> {
@@ -212,7 +258,7 @@ fn refuse_with_stdout(a: &CaptureArgs) -> Result<(), String> {
         ("--rotate-interval (-G)", a.rotate_interval.is_some()),
         ("--max-files (-W)", a.max_files.is_some()),
         ("--max-total-size", a.max_total_size.is_some()),
-        ("--prefix", a.prefix != DEFAULT_PREFIX),
+        ("--prefix", a.prefix != crate::files::DEFAULT_PREFIX),
     ];
     match set.iter().find(|(_, on)| *on) {
         Some((name, _)) => Err(format!(
@@ -265,7 +311,7 @@ mod tests {
         assert!(c.filter.is_none());
         assert!(!c.quiet && !c.stdout);
         assert!(cfg(&["-q"]).unwrap().quiet);
-        assert_eq!(c.format, super::super::files::FileFormat::Pcap);
+        assert_eq!(c.format, crate::files::FileFormat::Pcap);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::config::CaptureConfig;
-use super::files::FileFormat;
+use crate::files::FileFormat;
 use crate::metrics::CaptureMetrics;
 use crate::pcapfile::{self, push_record, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::pcapng::{self, opt, Options};

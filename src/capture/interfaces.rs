@@ -12,8 +12,10 @@ use super::CaptureError;
 
 /// Prints the list on stdout.
 pub fn print() -> Result<(), CaptureError> {
-    let devices =
-        Device::list().map_err(|e| CaptureError::Io(format!("cannot list interfaces: {e}")))?;
+    let devices = Device::list().map_err(|source| CaptureError::Pcap {
+        what: "cannot list interfaces",
+        source,
+    })?;
     let mut out = String::new();
     for (i, d) in devices.iter().enumerate() {
         let _ = writeln!(out, "{}", line(i + 1, d));

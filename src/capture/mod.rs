@@ -3,7 +3,6 @@
 //! is written last on every stop the process survives.
 
 pub mod config;
-pub mod files;
 pub mod format;
 pub mod interfaces;
 pub mod keylog;
@@ -19,11 +18,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
-
 use crate::admin;
+// The file contract is its own top-level module ([`crate::files`]); capture's modules name it
+// `super::files` as they did when it lived here.
 use crate::cli::{CaptureArgs, LogFormat};
 use crate::exit::{self, ExitStatus};
+use crate::files;
 use crate::metrics::CaptureMetrics;
 use crate::process::Shutdown;
 use config::CaptureConfig;
@@ -45,6 +45,30 @@ pub enum CaptureError {
     Open { interface: String, msg: String },
     #[error("{0}")]
     Io(String),
+    /// The output directory refused a file operation. Its exit code follows the cause: a
+    /// permission or read-only file system is [`exit::PERMISSION`], anything else a runtime
+    /// failure.
+    #[error("{msg}")]
+    Dir {
+        msg: String,
+        permission: bool,
+        #[source]
+        source: io::Error,
+    },
+    /// A thread or server the capture needs could not start.
+    #[error("cannot start the {what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// libpcap refused a request.
+    #[error("{what}")]
+    Pcap {
+        what: &'static str,
+        #[source]
+        source: pcap::Error,
+    },
     /// The capture ran and stopped on an error; its files are finalized.
     #[error("capture stopped: {0}")]
     Runtime(String),
@@ -58,35 +82,40 @@ impl ExitStatus for CaptureError {
             CaptureError::Config(_)
             | CaptureError::UnknownInterface { .. }
             | CaptureError::Filter { .. } => exit::CONFIG,
-            CaptureError::Permission(_) => exit::PERMISSION,
-            CaptureError::Open { .. } | CaptureError::Io(_) | CaptureError::Runtime(_) => {
-                exit::RUNTIME
-            }
+            CaptureError::Permission(_)
+            | CaptureError::Dir {
+                permission: true, ..
+            } => exit::PERMISSION,
+            CaptureError::Open { .. }
+            | CaptureError::Io(_)
+            | CaptureError::Dir { .. }
+            | CaptureError::Start { .. }
+            | CaptureError::Pcap { .. }
+            | CaptureError::Runtime(_) => exit::RUNTIME,
             CaptureError::Stdout(stdout::StdoutError::Terminal) => exit::CONFIG,
             CaptureError::Stdout(_) => exit::RUNTIME,
         }
     }
 }
 
-/// What a finished capture reports.
-#[derive(Debug)]
-pub struct Outcome {
-    pub marker: DoneMarker,
-}
-
 /// An error creating or removing a file in the output directory, which exists (checked first).
-fn dir_error(dir: &std::path::Path, e: &io::Error) -> CaptureError {
+fn dir_error(dir: &std::path::Path, e: io::Error) -> CaptureError {
     let d = dir.display();
-    match e.kind() {
-        _ if e.raw_os_error() == Some(nix::libc::EROFS) => CaptureError::Permission(format!("output directory {d} is on a read-only file system")),
-        io::ErrorKind::PermissionDenied => CaptureError::Permission(format!(
-            "output directory {d} is not writable by uid {}: {e} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
+    let (permission, msg) = match e.kind() {
+        _ if e.raw_os_error() == Some(nix::libc::EROFS) => (true, format!("output directory {d} is on a read-only file system")),
+        io::ErrorKind::PermissionDenied => (true, format!(
+            "output directory {d} is not writable by uid {} (fix its owner or mode, or set the Pod's securityContext.fsGroup)",
             nix::unistd::geteuid()
         )),
         // The directory exists, yet creating a file in it says "not found": a special file
         // system such as /proc or /sys, which has no place for new files.
-        io::ErrorKind::NotFound => CaptureError::Permission(format!("output directory {d} exists but files cannot be created in it ({e}): it is not a writable file system (/proc, /sys?); mount the volume elsewhere (--dir)")),
-        _ => CaptureError::Io(format!("output directory {d}: {e}")),
+        io::ErrorKind::NotFound => (true, format!("output directory {d} exists but files cannot be created in it: it is not a writable file system (/proc, /sys?); mount the volume elsewhere (--dir)")),
+        _ => (false, format!("output directory {d}")),
+    };
+    CaptureError::Dir {
+        msg,
+        permission,
+        source: e,
     }
 }
 
@@ -101,7 +130,7 @@ fn check_dir(dir: &std::path::Path) -> Result<(), CaptureError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CaptureError::Config(format!(
             "output directory {d} does not exist: create it or mount the volume there (--dir)"
         ))),
-        Err(e) => Err(dir_error(dir, &e)),
+        Err(e) => Err(dir_error(dir, e)),
     }
 }
 
@@ -157,14 +186,14 @@ fn claim_directory(cfg: &CaptureConfig) -> Result<(Layout, CaptureLock), Capture
         LockError::Busy { .. } => CaptureError::Config(e.to_string()),
         // A planted link or FIFO as the lock: a configuration problem on the volume (exit 3).
         LockError::Io(io) if crate::volume::is_refused(&io) => CaptureError::Config(io.to_string()),
-        LockError::Io(io) => dir_error(&cfg.dir, &io),
+        LockError::Io(io) => dir_error(&cfg.dir, io),
     })?;
     match std::fs::remove_file(layout.marker_path()) {
         Ok(()) => {
             tracing::info!(marker = %layout.marker_path().display(), "Removed the done marker of an earlier run.")
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(dir_error(&cfg.dir, &e)),
+        Err(e) => return Err(dir_error(&cfg.dir, e)),
     }
     Ok((layout, lock))
 }
@@ -192,13 +221,14 @@ fn open_sink(
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
     let writer =
-        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
-            match e.io_kind() {
-                io::ErrorKind::PermissionDenied => {
-                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
-                }
-                _ => CaptureError::Io(e.to_string()),
+        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| match e {
+            writer::WriteError::Create { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                dir_error(&cfg.dir, source)
             }
+            // WriteError's message has its cause in it already: a source would say it twice.
+            e => CaptureError::Io(e.to_string()),
         })?;
     Ok(Sink::Files(Box::new(writer)))
 }
@@ -206,16 +236,14 @@ fn open_sink(
 /// Runs a capture until a stop condition. Returns Ok for a clean stop (signal, count,
 /// duration, the reader of `-w -` gone); Err(Runtime) after finalizing when the capture stopped
 /// on an error.
-pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureError> {
+pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<(), CaptureError> {
     let cfg = CaptureConfig::from_args(args).map_err(CaptureError::Config)?;
     if !cfg.stdout {
         check_dir(&cfg.dir)?;
     }
     if shutdown.is_triggered() {
         // Nothing is ours yet (not even the lock): nothing to finalize or mark.
-        return Ok(Outcome {
-            marker: DoneMarker::default(),
-        });
+        return Ok(());
     }
     let (dest, _lock) = if cfg.stdout {
         stdout::refuse_terminal()?;
@@ -234,18 +262,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .unwrap_or(0),
         Relaxed,
     );
-    if let Some(addr) = cfg.listen {
-        let listener = admin::bind(addr).map_err(CaptureError::Config)?;
-        let (m, iface) = (metrics.clone(), cfg.interface.clone());
-        let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
-            let reply =
-                admin::common_route(&method, &path, m.ready.load(Relaxed), || m.render(&iface))
-                    .unwrap_or_else(admin::not_found);
-            Box::pin(async move { reply })
-        });
-        admin::spawn(listener, handler)
-            .map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
-    }
+    serve_admin(&cfg, &metrics)?;
 
     // Only this thread opens the handle; the capability is dropped again right after.
     crate::process::raise_effective(caps::Capability::CAP_NET_RAW);
@@ -259,9 +276,38 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         return stopped_before_capture(&cfg, &dest, started, &shutdown);
     };
     let linktype = src.linktype;
-    let framing = format::Framing::new(&cfg, linktype);
+    let (end, summary) = capture(&cfg, src, &dest, &metrics, &shutdown)?;
+    let error = summary.error.clone().or(end.error.clone());
+    let marker = done_marker(&cfg, linktype, started, end, summary, error.as_deref());
+    finish(&cfg, &dest, marker, error, &shutdown)
+}
+
+/// The admin server (`--listen`), on its own thread.
+fn serve_admin(cfg: &CaptureConfig, metrics: &Arc<CaptureMetrics>) -> Result<(), CaptureError> {
+    let Some(addr) = cfg.listen else {
+        return Ok(());
+    };
+    let listener = admin::bind(addr).map_err(CaptureError::Config)?;
+    let (m, iface) = (metrics.clone(), cfg.interface.clone());
+    let ready = metrics.clone();
+    let handler = admin::probes(move || ready.ready.load(Relaxed), move || m.render(&iface));
+    admin::spawn(listener, handler).map_err(|e| CaptureError::Io(format!("admin server: {e}")))?;
+    Ok(())
+}
+
+/// The capture proper: the first file, the capabilities dropped, the writer and capture
+/// threads, until they end.
+fn capture(
+    cfg: &CaptureConfig,
+    src: source::Source,
+    dest: &Dest,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<(source::LoopEnd, writer::WriterSummary), CaptureError> {
+    let linktype = src.linktype;
+    let framing = format::Framing::new(cfg, linktype);
     let overhead = framing.overhead();
-    let writer = open_sink(&cfg, &dest, framing, &metrics, &shutdown)?;
+    let writer = open_sink(cfg, dest, framing, metrics, shutdown)?;
     drop_capabilities_after_open(dest.dir())?;
     let first_path = writer.current_path();
     let first = first_path
@@ -286,35 +332,12 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     let writer_thread = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run(rx, free_tx))
-        .map_err(|e| CaptureError::Io(format!("cannot start the writer thread: {e}")))?;
-    let capture_thread = {
-        let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || match cfg.format {
-                files::FileFormat::Pcap => {
-                    let out = source::Output {
-                        records: format::PcapRecords,
-                        overhead,
-                        keylog: None,
-                    };
-                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
-                }
-                files::FileFormat::Pcapng => {
-                    let out = source::Output {
-                        records: format::PcapngRecords::new(&cfg, linktype),
-                        overhead,
-                        keylog: cfg
-                            .tls_keylog
-                            .clone()
-                            .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
-                    };
-                    source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
-                }
-            })
-            .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
-    };
-    let status = start_terminal_ui(&cfg, &metrics, &dest, first_path, &shutdown);
+        .map_err(|source| CaptureError::Start {
+            what: "writer thread",
+            source,
+        })?;
+    let capture_thread = spawn_capture(src, cfg, overhead, tx, free_rx, metrics, shutdown)?;
+    let status = start_terminal_ui(cfg, metrics, dest, first_path, shutdown);
     let end = capture_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
@@ -322,14 +345,65 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         .join()
         .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
     drop(status); // erases the status line; the summary below has the final figures
+    Ok((end, summary))
+}
 
-    let error = summary.error.clone().or(end.error.clone());
+/// The capture thread: the read loop with the record format of `--format`.
+fn spawn_capture(
+    src: source::Source,
+    cfg: &CaptureConfig,
+    overhead: u64,
+    tx: crossbeam_channel::Sender<writer::Msg>,
+    free_rx: crossbeam_channel::Receiver<Vec<u8>>,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+) -> Result<std::thread::JoinHandle<Result<source::LoopEnd, CaptureError>>, CaptureError> {
+    let linktype = src.linktype;
+    let (cfg, metrics, shutdown) = (cfg.clone(), metrics.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || match cfg.format {
+            files::FileFormat::Pcap => {
+                let out = source::Output {
+                    records: format::PcapRecords,
+                    overhead,
+                    keylog: None,
+                };
+                source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+            }
+            files::FileFormat::Pcapng => {
+                let out = source::Output {
+                    records: format::PcapngRecords::new(&cfg, linktype),
+                    overhead,
+                    keylog: cfg
+                        .tls_keylog
+                        .clone()
+                        .map(|p| keylog::Keylog::new(p, max_carried_secrets(&cfg))),
+                };
+                source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
+            }
+        })
+        .map_err(|source| CaptureError::Start {
+            what: "capture thread",
+            source,
+        })
+}
+
+/// The done marker of a capture that ran: what the threads report.
+fn done_marker(
+    cfg: &CaptureConfig,
+    linktype: u32,
+    started: SystemTime,
+    end: source::LoopEnd,
+    summary: writer::WriterSummary,
+    error: Option<&str>,
+) -> DoneMarker {
     let exit_code = if error.is_some() {
         exit::RUNTIME
     } else {
         exit::OK
     };
-    let marker = DoneMarker {
+    DoneMarker {
         version: 1,
         sidecap_version: env!("CARGO_PKG_VERSION").into(),
         interface: cfg.interface.clone(),
@@ -337,9 +411,9 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         snaplen: cfg.snaplen,
         started_at: files::rfc3339(started),
         ended_at: files::rfc3339(SystemTime::now()),
-        reason: match &error {
+        reason: match error {
             Some(e) => format!("{}: {e}", end.reason),
-            None => end.reason.clone(),
+            None => end.reason,
         },
         clean: error.is_none() && summary.disk_dropped_packets == 0,
         exit_code,
@@ -350,8 +424,18 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         kernel: end.kernel,
         files: summary.files,
         files_deleted: summary.files_deleted,
-    };
-    let marker_written = write_marker(&dest, &marker, &shutdown);
+    }
+}
+
+/// Writes the marker, logs and prints the summary, and says how the capture ended.
+fn finish(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    marker: DoneMarker,
+    error: Option<String>,
+    shutdown: &Shutdown,
+) -> Result<(), CaptureError> {
+    let marker_written = write_marker(dest, &marker, shutdown);
     tracing::info!(
         reason = %marker.reason,
         packets_captured = marker.packets_captured,
@@ -363,9 +447,9 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         "Capture finished."
     );
     if !cfg.quiet && cfg.log_format == LogFormat::Text {
-        crate::term::print_block(&report::exit_summary(&marker, &dest));
+        crate::term::print_block(&report::exit_summary(&marker, dest));
     }
-    let marker_note = |written: bool| match &dest {
+    let marker_note = |written: bool| match dest {
         Dest::Dir(layout) if written => {
             format!("marker {} written", layout.marker_path().display())
         }
@@ -380,7 +464,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             "{e} (files finalized; {})",
             marker_note(w)
         ))),
-        (None, true) => Ok(Outcome { marker }),
+        (None, true) => Ok(()),
         (None, false) => Err(CaptureError::Runtime(format!(
             "files finalized, but {}",
             marker_note(false)
@@ -424,7 +508,7 @@ fn stopped_before_capture(
     dest: &Dest,
     started: SystemTime,
     shutdown: &Shutdown,
-) -> Result<Outcome, CaptureError> {
+) -> Result<(), CaptureError> {
     let reason = shutdown
         .reason()
         .map(|r| r.to_string())
@@ -443,7 +527,7 @@ fn stopped_before_capture(
     };
     tracing::info!(reason = %marker.reason, "Stopped before capturing.");
     if write_marker(dest, &marker, shutdown) {
-        Ok(Outcome { marker })
+        Ok(())
     } else {
         Err(CaptureError::Runtime(
             "stopped before capturing, but the done marker could not be written".into(),

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::files::Layout;
 use super::stdout::StdoutSink;
 use super::writer::{Msg, Writer, WriterSummary};
+use crate::files::Layout;
 
 /// The destination, as the summary and the status line name it.
 #[derive(Clone, Debug)]

@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::files::{DoneMarker, Layout};
 pub use super::output::Dest;
 use crate::cli::LogFormat;
 use crate::config::human_bytes;
+use crate::files::{DoneMarker, Layout};
 use crate::metrics::CaptureMetrics;
 
 /// The counters a summary reports.

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use pcap::{Active, Capture, Device, Precision};
 
-use super::config::CaptureConfig;
+use super::config::{CaptureConfig, BUF_SIZE};
 use super::files::KernelStats;
 use super::format::Records;
 use super::keylog::Keylog;
@@ -25,8 +25,6 @@ use super::CaptureError;
 use crate::metrics::{CaptureMetrics, WrappingCounter};
 use crate::process::{drain_waker, Shutdown};
 
-/// Size of one write buffer: big sequential writes, ~4700 small packets per syscall.
-pub const BUF_SIZE: usize = 1 << 20;
 /// TPACKET_V3 block retire timeout: the longest a packet waits in a partly filled kernel
 /// block before user space can see it. Also bounds shutdown latency on a quiet link.
 const BLOCK_TIMEOUT_MS: i32 = 100;

@@ -1,5 +1,5 @@
 //! Command-line flags of the uploader subcommands: raw values and their environment variables.
-//! [`super::config`] turns them into a validated configuration before anything runs.
+//! `config.rs` turns them into a validated configuration before anything runs.
 //!
 //! Values that may carry secrets (`--url`, `--header`) hide their environment values in
 //! `--help`, so `sidecap upload --help` inside a Pod never prints them.
@@ -161,7 +161,7 @@ pub struct UploaderArgs {
     #[arg(long, env = "SIDECAP_FILE_TIMEOUT", default_value = "5m")]
     pub file_timeout: String,
 
-    /// Admin HTTP address: GET /livez, /readyz, /metrics and /prestop (the HTTP preStop hook).
+    /// Admin HTTP address: GET /livez, /readyz and /metrics.
     /// `off` disables it.
     #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_UPLOADER_LISTEN)]
     pub listen: String,

@@ -2,6 +2,7 @@
 //! checked once, before anything runs, and every secret found on the way is registered with the
 //! [`Redactor`] so no later message can leak it.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,12 +10,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
 use super::args::{Method, Order, UploadOpts};
-use super::redact::{self, Redactor};
-use crate::capture::files::Layout;
+use super::redact::{self, Redactor, FILE_PLACEHOLDER};
 use crate::config::parse_duration;
-
-/// The placeholder in `--url` replaced by the percent-encoded file name.
-pub const FILE_PLACEHOLDER: &str = "{file}";
+use crate::files::Layout;
 
 /// Downward-API environment variables sent as `X-Sidecap-Pod-*` headers when present.
 pub const POD_ENV: [(&str, &str); 4] = [
@@ -24,12 +22,22 @@ pub const POD_ENV: [(&str, &str); 4] = [
     ("NODE_NAME", "x-sidecap-pod-node"),
 ];
 
+/// Both are invalid configuration (exit 3), as in `capture`: exit 2 is only for what the
+/// command-line parser itself refuses (an unknown flag, a missing value).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A malformed value: exit code 2 (usage).
+    /// A malformed or impossible value.
     #[error("{0}")]
-    Usage(String),
-    /// A file we were pointed at cannot be used: exit code 3 (configuration).
+    Value(String),
+    /// A file we were pointed at cannot be read.
+    #[error("{flag} {}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file that was read but cannot be used (not UTF-8, empty, a bad certificate).
     #[error("{0}")]
     File(String),
 }
@@ -96,15 +104,13 @@ impl UploadConfig {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// Headers sidecap sets from the body itself: a user value would contradict the body (a
@@ -151,7 +157,7 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
 /// The grace period and the safety margin, checked: everything the deadline needs, and nothing
 /// that reads a file (the watchdog is armed from these before any file is read).
 pub fn timing(o: &UploadOpts) -> Result<(Duration, Duration), ConfigError> {
-    let usage = ConfigError::Usage;
+    let usage = ConfigError::Value;
     let grace =
         parse_duration(&o.grace_period).map_err(|e| usage(format!("--grace-period: {e}")))?;
     let margin =
@@ -166,44 +172,13 @@ pub fn timing(o: &UploadOpts) -> Result<(Duration, Duration), ConfigError> {
 }
 
 pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, ConfigError> {
-    let usage = ConfigError::Usage;
+    let usage = ConfigError::Value;
     let mut redactor = Redactor::default();
     let (grace, margin) = timing(o)?;
     if o.prefix.is_empty() || o.prefix.contains('/') {
         return Err(usage(format!("invalid --prefix {:?}", o.prefix)));
     }
-    let url = match &o.url {
-        Some(u) if !u.trim().is_empty() => {
-            let u = u.trim().to_string();
-            redactor.add_url(&u);
-            // `{file}` is not valid in every URL part; check the URL with a sample name.
-            let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
-                usage(format!(
-                    "invalid --url {}: {e}",
-                    redact::url_for_display(&u)
-                ))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(usage(format!(
-                    "invalid --url {}: only http and https are supported",
-                    redact::url_for_display(&u)
-                )));
-            }
-            if parsed.host_str().is_none() {
-                return Err(usage(format!(
-                    "invalid --url {}: no host",
-                    redact::url_for_display(&u)
-                )));
-            }
-            Some(u)
-        }
-        _ if url_required => {
-            return Err(usage(
-                "--url (or SIDECAP_UPLOAD_URL) is required".to_string(),
-            ))
-        }
-        _ => None,
-    };
+    let url = url_of(o, url_required, &mut redactor)?;
     let url_display = url
         .as_deref()
         .map(redact::url_for_display)
@@ -213,40 +188,17 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
             return Err(usage(format!("invalid --form field name {f:?}")));
         }
     }
-    let mut headers = Vec::new();
-    for h in header_lines(&o.headers)
-        .iter()
-        .filter(|h| !h.trim().is_empty())
-    {
-        let (n, v) = parse_header(h).map_err(usage)?;
-        // Any header value may be a credential (API keys come in many names): scrub them all
-        // from messages. Short values are skipped so that "1" does not blank every number.
-        if let Ok(s) = v.to_str() {
-            redactor.add(s);
-        }
-        headers.push((n, v));
-    }
+    let headers = headers_of(o, &mut redactor)?;
     if let Some(p) = &o.bearer_token_file {
         // Checked now so a wrong path fails at start; read again for every file, because
         // mounted Secrets and projected tokens rotate while a long-running uploader lives.
-        read_token(p, &mut redactor).map_err(ConfigError::File)?;
+        read_token(p, &mut redactor)?;
     }
     let ca_pem = match &o.ca_file {
         Some(p) => Some(read_ca(p)?),
         None => None,
     };
-    let mut pod = Vec::new();
-    let mut pod_uid = String::new();
-    for (env, header) in POD_ENV {
-        if let Ok(v) = std::env::var(env) {
-            if env == "POD_UID" {
-                pod_uid = v.clone();
-            }
-            if let Ok(hv) = HeaderValue::from_str(&v) {
-                pod.push((HeaderName::from_static(header), hv));
-            }
-        }
-    }
+    let (pod, pod_uid) = pod_headers();
     Ok(UploadConfig {
         layout: Layout::new(&o.dir, &o.prefix),
         url,
@@ -264,6 +216,83 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         pod_uid,
         redactor,
     })
+}
+
+/// `--url`, checked, its secret parts registered with the redactor.
+fn url_of(
+    o: &UploadOpts,
+    url_required: bool,
+    redactor: &mut Redactor,
+) -> Result<Option<String>, ConfigError> {
+    let usage = ConfigError::Value;
+    let u = match &o.url {
+        Some(u) if !u.trim().is_empty() => u.trim().to_string(),
+        _ if url_required => {
+            return Err(usage(
+                "--url (or SIDECAP_UPLOAD_URL) is required".to_string(),
+            ))
+        }
+        _ => return Ok(None),
+    };
+    redactor.add_url(&u);
+    // `{file}` is not valid in every URL part; check the URL with a sample name.
+    let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
+        usage(format!(
+            "invalid --url {}: {e}",
+            redact::url_for_display(&u)
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(usage(format!(
+            "invalid --url {}: only http and https are supported",
+            redact::url_for_display(&u)
+        )));
+    }
+    if parsed.host_str().is_none() {
+        return Err(usage(format!(
+            "invalid --url {}: no host",
+            redact::url_for_display(&u)
+        )));
+    }
+    Ok(Some(u))
+}
+
+/// The `--header` values, parsed; each value registered with the redactor.
+fn headers_of(
+    o: &UploadOpts,
+    redactor: &mut Redactor,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut headers = Vec::new();
+    for h in header_lines(&o.headers)
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+    {
+        let (n, v) = parse_header(h).map_err(ConfigError::Value)?;
+        // Any header value may be a credential (API keys come in many names): scrub them all
+        // from messages. Short values are skipped so that "1" does not blank every number.
+        if let Ok(s) = v.to_str() {
+            redactor.add(s);
+        }
+        headers.push((n, v));
+    }
+    Ok(headers)
+}
+
+/// The Pod's identity from the downward API (see [`POD_ENV`]) as headers, and its UID.
+fn pod_headers() -> (Vec<(HeaderName, HeaderValue)>, String) {
+    let mut pod = Vec::new();
+    let mut pod_uid = String::new();
+    for (env, header) in POD_ENV {
+        if let Ok(v) = std::env::var(env) {
+            if env == "POD_UID" {
+                pod_uid = v.clone();
+            }
+            if let Ok(hv) = HeaderValue::from_str(&v) {
+                pod.push((HeaderName::from_static(header), hv));
+            }
+        }
+    }
+    (pod, pod_uid)
 }
 
 /// A bearer token is a few KiB at most (a projected service-account JWT is ~1 KiB).
@@ -287,9 +316,17 @@ fn header_lines(values: &[String]) -> Vec<String> {
 
 /// Reads the bearer token file and registers the token as a secret. Bounded: a regular file of
 /// at most [`TOKEN_MAX`] bytes, opened without waiting (a FIFO, `/dev/zero` are refused).
-pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, String> {
-    let t = crate::volume::read_user_file(p, TOKEN_MAX)
-        .map_err(|e| format!("--bearer-token-file {}: {e}", p.display()))?;
+pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, ConfigError> {
+    let t = crate::volume::read_user_file(p, TOKEN_MAX).map_err(|source| ConfigError::Read {
+        flag: "--bearer-token-file",
+        path: p.to_path_buf(),
+        source,
+    })?;
+    read_token_text(p, t, redactor).map_err(ConfigError::File)
+}
+
+/// The token in a bearer token file's bytes, registered as a secret.
+fn read_token_text(p: &Path, t: Vec<u8>, redactor: &mut Redactor) -> Result<String, String> {
     let t = String::from_utf8(t)
         .map_err(|_| format!("--bearer-token-file {}: not UTF-8 text", p.display()))?;
     let t = t.trim().to_string();
@@ -310,8 +347,11 @@ pub fn read_token(p: &Path, redactor: &mut Redactor) -> Result<String, String> {
 /// bad one is named here (which file, which certificate, why) and not later as a bare
 /// "builder error".
 fn read_ca(p: &Path) -> Result<Vec<u8>, ConfigError> {
-    let pem = crate::volume::read_user_file(p, CA_MAX)
-        .map_err(|e| ConfigError::File(format!("--ca-file {}: {e}", p.display())))?;
+    let pem = crate::volume::read_user_file(p, CA_MAX).map_err(|source| ConfigError::Read {
+        flag: "--ca-file",
+        path: p.to_path_buf(),
+        source,
+    })?;
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => {
             for (i, c) in certs.into_iter().enumerate() {

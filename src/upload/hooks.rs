@@ -1,5 +1,5 @@
-//! The two ways files leave the volume: the preStop upload (exec hook `sidecap upload`, or
-//! `GET /prestop` on the uploader) and `--continuous`. Both go through the one [`Engine`].
+//! The two ways files leave the volume: the preStop upload (the exec hook `sidecap upload`)
+//! and `--continuous`. Both go through the one [`Engine`].
 //!
 //! preStop, from t0 (all hooks start together; the capture is SIGTERMed only after the app has
 //! exited): upload every complete `.pcap` while waiting, newest first by default, one file at a
@@ -20,22 +20,25 @@
 //! after a liveness failure (preStop runs then too) or a volume kept from an earlier Pod leaves
 //! such a file behind; it must not eat this termination's budget.
 //!
+//! The policy is [`Run::plan`] (and [`Run::note`] for what a result changes): pure functions
+//! of what the run knows, unit-tested without a clock, a network or a directory; `go` only
+//! lists, asks the plan, and does what it says.
+//!
 //! Exit 0 means every file that was there was accepted: a run the backstop cut off, or one
 //! that never completed a listing, is never a success, whatever its partial results say.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::args::Order;
-use super::engine::{Engine, FileResult, FileStatus};
-use super::report::{self, Report};
-use super::retry;
+use super::engine::Engine;
+use super::report::{self, FileResult, FileStatus, Report};
 use super::state::{self, Candidate, Listing};
-use crate::capture::files::{self, Layout};
+use super::{blocking, retry};
 use crate::exit;
+use crate::files::{self, Layout};
 
 /// How often the preStop path looks at the capture while waiting for it to finalize.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -79,7 +82,7 @@ pub fn prestop_start_path(layout: &Layout) -> std::path::PathBuf {
 }
 
 /// When this preStop run's budget starts: the start recorded on the volume by an earlier hook
-/// of this termination (a re-run hook, or the exec and HTTP hooks both configured), else now,
+/// of this termination (a re-run hook), else now,
 /// which is then recorded for later runs. See the module docs for what "of this termination"
 /// means. Blocking (file I/O).
 pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
@@ -111,7 +114,7 @@ pub fn hook_start(layout: &Layout, grace: Duration) -> (Instant, SystemTime) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    if let Err(e) = crate::capture::files::write_atomic(&path, format!("{ms}\n").as_bytes()) {
+    if let Err(e) = crate::files::write_atomic(&path, format!("{ms}\n").as_bytes()) {
         tracing::warn!(file = %path.display(), error = %e, "Cannot record the preStop start: a re-run hook would count its deadline from its own start.");
     }
     (now, now_wall)
@@ -174,14 +177,9 @@ fn container_start() -> Option<SystemTime> {
 
 async fn list(engine: &Engine) -> Result<Listing, String> {
     let layout = engine.config().layout.clone();
-    match tokio::task::spawn_blocking(move || state::candidates(&layout)).await {
-        Ok(Ok(l)) => Ok(l),
-        Ok(Err(e)) => Err(format!(
-            "cannot list {}: {e}",
-            engine.config().layout.dir.display()
-        )),
-        Err(e) => Err(format!("listing task: {e}")),
-    }
+    blocking::run(move || state::candidates(&layout))
+        .await
+        .map_err(|e| format!("cannot list {}: {e}", engine.config().layout.dir.display()))
 }
 
 /// The state of one preStop run, kept outside its future so that a backstop timeout still
@@ -218,6 +216,41 @@ struct Run {
     cut_off: bool,
     /// Names of ours that are not regular files, already warned about.
     planted: HashSet<String>,
+}
+
+/// What the run knows at one decision (see [`Run::plan`]).
+#[derive(Clone, Copy, Debug)]
+struct Now {
+    /// Time left to the deadline.
+    remaining: Duration,
+    /// The whole preStop budget (grace period - margin).
+    budget: Duration,
+    /// The capture was final (stopped, or dead) at this listing.
+    is_final: bool,
+    /// An earlier listing saw it final already: this listing is complete.
+    seen_final: bool,
+    cancelled: bool,
+}
+
+/// The next step of a preStop run.
+#[derive(Debug)]
+enum Step {
+    /// The run is over, for this reason.
+    Stop(String),
+    /// Upload `file` for at most `turn`; its response wait may use `usable`.
+    Upload {
+        file: Candidate,
+        turn: Duration,
+        usable: Duration,
+    },
+    /// The capture has just been seen final: list once more.
+    ListAgain,
+    /// Every file left is held by another uploader.
+    AllBusy,
+    /// The capture is still writing: look again after this long.
+    Wait(Duration),
+    /// The capture is still writing and only the reserve for its last file is left.
+    GiveUpWaiting,
 }
 
 impl Run {
@@ -329,6 +362,53 @@ impl Run {
         (pending, is_final)
     }
 
+    /// What the run does after a listing, from what it knows: `pending` (the files left, in
+    /// the listing's order), whether the capture was final at the listing and at an earlier
+    /// one, the time left. Pure: no clock, no I/O, so the policy is tested on its own.
+    fn plan(&self, mut pending: Vec<Candidate>, now: Now, order: Order) -> Step {
+        if now.cancelled {
+            return Step::Stop("stopped by a signal before everything was uploaded".into());
+        }
+        if now.remaining < retry::MIN_ATTEMPT {
+            return Step::Stop("deadline reached".into());
+        }
+        let reserve = if now.is_final {
+            Duration::ZERO
+        } else {
+            let pending_bytes: u64 = self.live_parts.iter().map(|(_, s)| s).sum();
+            retry::wait_reserve(pending_bytes, self.rate(), now.budget)
+        };
+        let usable = now.remaining.saturating_sub(reserve);
+        if !pending.is_empty() && usable >= retry::MIN_ATTEMPT {
+            self.sort_pending(&mut pending, order);
+            if pending.iter().all(|c| self.busy_round.contains(&c.name)) {
+                return Step::AllBusy;
+            }
+            // Others wait (the final file to come, or other files): a turn, not everything.
+            let others_wait = !now.is_final || pending.len() > 1;
+            let file = pending.swap_remove(0);
+            let turn = if others_wait {
+                usable.min(file_share(now.budget, file.size, self.rate()))
+            } else {
+                usable
+            };
+            return Step::Upload { file, turn, usable };
+        }
+        if now.is_final {
+            if now.seen_final && pending.is_empty() {
+                return Step::Stop(format!("capture {}; every file handled", self.capture));
+            }
+            // Files finished between our listing and the state check: list once more.
+            return Step::ListAgain;
+        }
+        // The capture is still writing. Wait for it, unless only the time to upload its last
+        // file is left.
+        if now.remaining <= reserve {
+            return Step::GiveUpWaiting;
+        }
+        Step::Wait(WAIT_POLL.min(now.remaining - reserve))
+    }
+
     async fn go(
         &mut self,
         engine: &Engine,
@@ -336,7 +416,6 @@ impl Run {
         budget: Duration,
         cancel: &CancellationToken,
     ) {
-        let o = engine.config().order;
         // Set once a listing has seen the capture final: every listing after it is complete.
         let mut seen_final = false;
         let mut said_waiting = false;
@@ -350,111 +429,109 @@ impl Run {
                     return;
                 }
             };
-            let (mut pending, is_final) = self.take_listing(listing);
-            if cancel.is_cancelled() {
-                self.reason = "stopped by a signal before everything was uploaded".into();
-                return;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining < retry::MIN_ATTEMPT {
-                self.reason = "deadline reached".into();
-                return;
-            }
-            let reserve = if is_final {
-                Duration::ZERO
-            } else {
-                let pending_bytes: u64 = self.live_parts.iter().map(|(_, s)| s).sum();
-                retry::wait_reserve(pending_bytes, self.rate(), budget)
+            let (pending, is_final) = self.take_listing(listing);
+            let now = Now {
+                remaining: deadline.saturating_duration_since(Instant::now()),
+                budget,
+                is_final,
+                seen_final,
+                cancelled: cancel.is_cancelled(),
             };
-            let usable = remaining.saturating_sub(reserve);
-            if !pending.is_empty() && usable >= retry::MIN_ATTEMPT {
-                self.sort_pending(&mut pending, o);
-                if pending.iter().all(|c| self.busy_round.contains(&c.name)) {
-                    // Every file left is being sent by another uploader: look again shortly.
-                    self.busy_round.clear();
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = tokio::time::sleep(WAIT_POLL) => {}
-                    }
-                    continue;
-                }
-                let c = pending[0].clone();
-                let now = Instant::now();
-                let mut file_deadline = now + usable;
-                // Others wait: the final file to come, or other files.
-                if !is_final || pending.len() > 1 {
-                    file_deadline =
-                        file_deadline.min(now + file_share(budget, c.size, self.rate()));
-                }
-                self.in_flight = Some(c.clone());
-                let r = engine
-                    .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
-                    .await;
-                self.in_flight = None;
-                if r.busy {
-                    self.busy_round.insert(r.name.clone());
-                } else {
-                    self.busy_round.clear();
-                    if matches!(r.status, FileStatus::Failed | FileStatus::NotAttempted) {
-                        *self.tries.entry(r.name.clone()).or_default() += 1;
-                        if r.attempts == 0
-                            && !cancel.is_cancelled()
-                            && now.elapsed() < FAST_FAILURE
-                            && Instant::now() + FAST_FAILURE < file_deadline
-                        {
-                            self.given_up.insert(r.name.clone());
-                        }
-                    }
-                }
-                self.put(r);
-                if is_final {
-                    seen_final = true;
-                }
-                continue;
-            }
-            if is_final {
-                if seen_final && pending.is_empty() {
-                    self.reason = format!("capture {}; every file handled", self.capture);
+            let pause = match self.plan(pending, now, engine.config().order) {
+                Step::Stop(reason) => {
+                    self.reason = reason;
                     return;
                 }
-                // Files finished between our listing and the state check: list once more.
-                seen_final = true;
-                continue;
-            }
-            // The capture is still writing. Wait for it, unless only the time to upload its
-            // last file is left.
-            if remaining <= reserve {
-                tracing::warn!(
-                    live_files = ?self.live_parts.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                    "The capture has not finalized and waiting longer would miss the deadline: uploaded the complete files only."
-                );
-                self.reason =
-                    "capture still running near the deadline: uploaded the complete files, not the file being written"
-                        .into();
-                return;
-            }
-            if !said_waiting {
-                said_waiting = true;
-                tracing::info!(
-                    remaining_ms = remaining.as_millis() as u64,
-                    "Waiting for the capture to finalize."
-                );
-            }
+                Step::GiveUpWaiting => return self.give_up_waiting(),
+                Step::Upload { file, turn, usable } => {
+                    self.upload_one(engine, file, turn, usable, cancel).await;
+                    seen_final |= is_final;
+                    continue;
+                }
+                Step::ListAgain => {
+                    seen_final = true;
+                    continue;
+                }
+                Step::AllBusy => {
+                    // Every file left is being sent by another uploader: look again shortly.
+                    self.busy_round.clear();
+                    WAIT_POLL
+                }
+                Step::Wait(d) => {
+                    if !std::mem::replace(&mut said_waiting, true) {
+                        tracing::info!(
+                            remaining_ms = now.remaining.as_millis() as u64,
+                            "Waiting for the capture to finalize."
+                        );
+                    }
+                    d
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(WAIT_POLL.min(remaining - reserve)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// The capture has not finalized and only the reserve for its last file is left.
+    fn give_up_waiting(&mut self) {
+        tracing::warn!(
+            live_files = ?self.live_parts.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "The capture has not finalized and waiting longer would miss the deadline: uploaded the complete files only."
+        );
+        self.reason =
+            "capture still running near the deadline: uploaded the complete files, not the file being written"
+                .into();
+    }
+
+    /// Uploads `c` within `turn` (the response wait may use `usable`), and notes how it went.
+    async fn upload_one(
+        &mut self,
+        engine: &Engine,
+        c: Candidate,
+        turn: Duration,
+        usable: Duration,
+        cancel: &CancellationToken,
+    ) {
+        let now = Instant::now();
+        let file_deadline = now + turn;
+        self.in_flight = Some(c.clone());
+        let r = engine
+            .upload(&c, file_deadline, now + LOCK_WAIT, now + usable, cancel)
+            .await;
+        self.in_flight = None;
+        let turn_left = file_deadline.saturating_duration_since(Instant::now());
+        self.note(r, now.elapsed(), turn_left, cancel.is_cancelled());
+    }
+
+    /// Takes one upload's result: a busy file goes to the back, a failed one counts a turn,
+    /// and one that failed at once without an attempt (it cannot be opened or read) while its
+    /// turn had time left is not tried again in this run (trying again would only spin).
+    fn note(&mut self, r: FileResult, took: Duration, turn_left: Duration, cancelled: bool) {
+        if r.busy {
+            self.busy_round.insert(r.name.clone());
+        } else {
+            self.busy_round.clear();
+            if matches!(r.status, FileStatus::Failed | FileStatus::NotAttempted) {
+                *self.tries.entry(r.name.clone()).or_default() += 1;
+                if r.attempts == 0 && !cancelled && took < FAST_FAILURE && turn_left > FAST_FAILURE
+                {
+                    self.given_up.insert(r.name.clone());
+                }
+            }
+        }
+        self.put(r);
     }
 
     /// After a run in which no listing finished: a bare directory read (no repair, no state),
     /// bounded, so the report names the files that are there.
     async fn list_what_is_there(&mut self, engine: &Engine) {
         let layout = engine.config().layout.clone();
-        let read = tokio::task::spawn_blocking(move || layout.list());
+        let read = blocking::run(move || layout.list());
         let wait = LAST_LOOK.min(engine.config().margin / 4);
         match tokio::time::timeout(wait, read).await {
-            Ok(Ok(Ok(files))) => {
+            Ok(Ok(files)) => {
                 for f in files.into_iter().filter(|f| f.not_regular.is_none()) {
                     let name = f.name.trim_end_matches(".part").to_string();
                     if !self.index.contains_key(&name) {
@@ -540,18 +617,12 @@ pub async fn prestop(
     engine: &Engine,
     start: Instant,
     start_wall: SystemTime,
-    hook: &'static str,
     cancel: &CancellationToken,
 ) -> Report {
     let cfg = engine.config();
     let budget = cfg.budget();
     let deadline = start + budget;
-    engine
-        .metrics
-        .prestop_runs
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        hook,
         dir = %cfg.layout.dir.display(),
         url = %cfg.url_display,
         grace_period_ms = cfg.grace.as_millis() as u64,
@@ -592,7 +663,7 @@ pub async fn prestop(
     Report {
         version: 1,
         sidecap_version: env!("CARGO_PKG_VERSION"),
-        hook,
+        hook: "exec",
         started_at: files::rfc3339(start_wall),
         finished_at: files::rfc3339(SystemTime::now()),
         deadline: files::rfc3339(start_wall + budget),
@@ -614,17 +685,18 @@ pub async fn prestop(
     }
 }
 
-/// `--continuous`: uploads each finished file as it appears, until `cancel`. Stands aside
-/// while a preStop upload runs in this process (`paused`), and shares the ledger and the
-/// per-file locks with any other uploader.
+/// `--continuous`: uploads each finished file as it appears, until `cancel`. Shares the
+/// ledger and the per-file locks with any other uploader (the preStop hook above all).
 pub async fn continuous(
-    engine: Arc<Engine>,
+    engine: &Engine,
     poll: Duration,
     file_timeout: Duration,
     cancel: CancellationToken,
-    pause: Arc<super::Pause>,
 ) {
-    let mut settled: HashSet<String> = engine.ledger().uploaded().unwrap_or_default();
+    let ledger = engine.ledger().clone();
+    let mut settled: HashSet<String> = blocking::run(move || ledger.uploaded())
+        .await
+        .unwrap_or_default();
     // Planted names (links, FIFOs) are warned about once, not every poll.
     let mut planted: HashSet<String> = HashSet::new();
     tracing::info!(
@@ -637,10 +709,7 @@ pub async fn continuous(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(poll) => {}
         }
-        if pause.active() {
-            continue;
-        }
-        let listing = match list(&engine).await {
+        let listing = match list(engine).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot list the capture directory.");
@@ -660,13 +729,14 @@ pub async fn continuous(
         if ready.is_empty() {
             continue;
         }
-        if let Ok(done) = engine.ledger().uploaded() {
+        let ledger = engine.ledger().clone();
+        if let Ok(done) = blocking::run(move || ledger.uploaded()).await {
             settled.extend(done);
             ready.retain(|c| !settled.contains(&c.name));
         }
         order(&mut ready, engine.config().order);
         for c in ready {
-            if cancel.is_cancelled() || pause.active() {
+            if cancel.is_cancelled() {
                 break;
             }
             let now = Instant::now();
@@ -711,8 +781,180 @@ mod tests {
             grace_period: "10s".into(),
             safety_margin: "2s".into(),
         };
-        let cfg = Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
+        let cfg = std::sync::Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
         Engine::new(cfg, Default::default()).unwrap()
+    }
+
+    fn file(seq: u64, size: u64) -> Candidate {
+        let name = format!("capture-20261122T1541{seq:02}Z-{seq:06}.pcap");
+        Candidate {
+            path: name.clone().into(),
+            name,
+            seq,
+            size,
+            limit: None,
+            repaired: None,
+        }
+    }
+
+    fn now(remaining_s: f64, is_final: bool) -> Now {
+        Now {
+            remaining: Duration::from_secs_f64(remaining_s),
+            budget: Duration::from_secs(28),
+            is_final,
+            seen_final: false,
+            cancelled: false,
+        }
+    }
+
+    fn upload_of(step: Step) -> (String, Duration, Duration) {
+        match step {
+            Step::Upload { file, turn, usable } => (file.name, turn, usable),
+            other => panic!("expected an upload, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn while_the_capture_runs_the_backlog_leaves_the_reserve_for_its_last_file() {
+        let run = Run {
+            live_parts: vec![("live.pcap.part".into(), 0)],
+            ..Default::default()
+        };
+        // The reserve for an empty live file at the default rate is the fixed 1.5 s.
+        let reserve = retry::wait_reserve(0, DEFAULT_RATE, Duration::from_secs(28));
+        assert_eq!(reserve, Duration::from_millis(1500));
+        let (_, turn, usable) =
+            upload_of(run.plan(vec![file(1, 100)], now(10.0, false), Order::NewestFirst));
+        assert_eq!(usable, Duration::from_millis(8500));
+        // Others wait (the final file to come): a share, not everything.
+        assert_eq!(turn, Duration::from_secs(7));
+        // Once only the reserve (plus less than one attempt) is left, the backlog waits.
+        match run.plan(vec![file(1, 100)], now(1.6, false), Order::NewestFirst) {
+            Step::Wait(d) => assert_eq!(d, Duration::from_millis(100)),
+            other => panic!("{other:?}"),
+        }
+        // And with no more than the reserve left, the run stops waiting for the capture.
+        assert!(matches!(
+            run.plan(vec![], now(1.5, false), Order::NewestFirst),
+            Step::GiveUpWaiting
+        ));
+    }
+
+    #[test]
+    fn a_file_gets_a_share_when_others_wait_and_all_the_time_when_alone() {
+        let run = Run::default();
+        let two = vec![file(1, 100), file(2, 100)];
+        let (name, turn, usable) = upload_of(run.plan(two, now(20.0, true), Order::NewestFirst));
+        assert_eq!(name, file(2, 100).name, "newest first");
+        assert_eq!(
+            (turn, usable),
+            (Duration::from_secs(7), Duration::from_secs(20))
+        );
+        let (_, turn, _) =
+            upload_of(run.plan(vec![file(1, 100)], now(20.0, true), Order::NewestFirst));
+        assert_eq!(turn, Duration::from_secs(20));
+        // A large file making progress is not cut off at a quarter: twice its estimate.
+        let big = file(3, 100 << 20);
+        assert_eq!(
+            file_share(Duration::from_secs(28), big.size, DEFAULT_RATE),
+            Duration::from_secs(22)
+        );
+        let (_, turn, _) =
+            upload_of(run.plan(vec![file(1, 1), big], now(20.0, true), Order::NewestFirst));
+        assert_eq!(turn, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn files_finished_during_the_run_go_before_the_backlog_and_busy_ones_last() {
+        let mut run = Run {
+            first_seen: Some([file(1, 1).name, file(2, 1).name].into_iter().collect()),
+            ..Default::default()
+        };
+        let all = || vec![file(1, 1), file(2, 1), file(3, 1)];
+        // The capture's final file (3, not in the first listing) first, even oldest-first.
+        let (name, _, _) = upload_of(run.plan(all(), now(20.0, true), Order::OldestFirst));
+        assert_eq!(name, file(3, 1).name);
+        // A file another uploader holds goes to the back; one that failed a turn after those
+        // that did not.
+        run.busy_round.insert(file(3, 1).name);
+        run.tries.insert(file(1, 1).name, 1);
+        let (name, _, _) = upload_of(run.plan(all(), now(20.0, true), Order::OldestFirst));
+        assert_eq!(name, file(2, 1).name);
+        // All held by others: wait for them rather than spin.
+        run.busy_round.extend(all().into_iter().map(|c| c.name));
+        assert!(matches!(
+            run.plan(all(), now(20.0, true), Order::OldestFirst),
+            Step::AllBusy
+        ));
+    }
+
+    #[test]
+    fn a_final_capture_is_listed_once_more_before_the_run_ends() {
+        let run = Run {
+            capture: "final (signal SIGTERM)".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            run.plan(vec![], now(20.0, true), Order::NewestFirst),
+            Step::ListAgain
+        ));
+        let seen = Now {
+            seen_final: true,
+            ..now(20.0, true)
+        };
+        match run.plan(vec![], seen, Order::NewestFirst) {
+            Step::Stop(r) => assert_eq!(r, "capture final (signal SIGTERM); every file handled"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stop_or_the_deadline_ends_the_run_before_any_upload() {
+        let run = Run::default();
+        let stopped = Now {
+            cancelled: true,
+            ..now(20.0, true)
+        };
+        assert!(
+            matches!(run.plan(vec![file(1, 1)], stopped, Order::NewestFirst), Step::Stop(r) if r.starts_with("stopped by a signal"))
+        );
+        assert!(
+            matches!(run.plan(vec![file(1, 1)], now(0.2, true), Order::NewestFirst), Step::Stop(r) if r == "deadline reached")
+        );
+    }
+
+    #[test]
+    fn a_file_that_fails_at_once_without_an_attempt_is_given_up_for_the_run() {
+        let mut run = Run::default();
+        let failed = |attempts| FileResult {
+            attempts,
+            ..FileResult::new(file(1, 1).name, 1, FileStatus::NotAttempted)
+        };
+        let (fast, slow, s) = (
+            Duration::from_millis(10),
+            Duration::from_secs(2),
+            Duration::from_secs,
+        );
+        run.note(failed(1), fast, s(10), false);
+        assert!(run.given_up.is_empty(), "it was attempted");
+        run.note(failed(0), slow, s(10), false);
+        assert!(run.given_up.is_empty(), "it took its time");
+        run.note(failed(0), fast, Duration::from_millis(500), false);
+        assert!(run.given_up.is_empty(), "its turn was over anyway");
+        run.note(failed(0), fast, s(10), true);
+        assert!(run.given_up.is_empty(), "a stop, not a failure");
+        assert_eq!(run.tries[&file(1, 1).name], 4);
+        run.note(failed(0), fast, s(10), false);
+        assert!(run.given_up.contains(&file(1, 1).name));
+        // Busy is not a failure: the file goes to the back of the round.
+        let busy = FileResult {
+            busy: true,
+            ..FileResult::new(file(2, 1).name, 1, FileStatus::NotAttempted)
+        };
+        run.note(busy, fast, s(10), false);
+        assert!(
+            run.busy_round.contains(&file(2, 1).name) && !run.tries.contains_key(&file(2, 1).name)
+        );
     }
 
     #[test]
@@ -739,7 +981,6 @@ mod tests {
             &engine,
             start,
             SystemTime::now(),
-            "exec",
             &CancellationToken::new(),
         ));
         assert_eq!(report.exit_code, exit::DEADLINE, "{report:#?}");

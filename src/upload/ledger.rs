@@ -1,5 +1,5 @@
 //! Idempotence on the shared volume. Hooks are at-least-once, and `--continuous`, the exec
-//! hook and the HTTP hook may all see the same file, possibly from different processes.
+//! hook and a re-run of it may all see the same file, possibly from different processes.
 //!
 //! - The ledger `<dir>/<prefix>.upload-ledger.jsonl` has one JSON line per file the receiver
 //!   accepted, appended with O_APPEND and fsynced before the file counts as uploaded. A file
@@ -10,18 +10,25 @@
 //!   same time and the second one finds the first one's line. The capture never locks data
 //!   files, so this cannot disturb it.
 //!
+//! Each [`Ledger`] reads the file once and then only what other uploaders appended since
+//! (see [`Ledger::contains`]), so a long `--continuous` run does not re-read a ledger that grows
+//! by a line per file for every file.
+//!
 //! If the receiver accepted a file but we died before the fsync of the ledger line, the file is
 //! sent once more on the next run, with the same `Idempotency-Key`: at-least-once, never lost.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::files::{Layout, FILE_MODE};
+use super::blocking;
+use crate::files::{Layout, FILE_MODE};
 use crate::volume;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,6 +44,18 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     path: PathBuf,
+    /// What was read so far, shared by the clones of this ledger (the blocking pool's tasks).
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// The names read from the ledger file so far, and how far it was read.
+#[derive(Debug, Default)]
+struct Seen {
+    names: HashSet<String>,
+    /// Bytes of complete lines read; a torn last line is read again once it is complete.
+    read_to: u64,
+    /// (device, inode) of the file read: another file in its place is read from its start.
+    id: Option<(u64, u64)>,
 }
 
 pub fn ledger_path(layout: &Layout) -> PathBuf {
@@ -49,6 +68,7 @@ impl Ledger {
     pub fn new(layout: &Layout) -> Ledger {
         Ledger {
             path: ledger_path(layout),
+            seen: Arc::default(),
         }
     }
 
@@ -59,23 +79,42 @@ impl Ledger {
     /// Names of every file recorded as uploaded. A torn last line (a crash mid-append) is
     /// ignored: its file was not confirmed, so it is sent again.
     pub fn uploaded(&self) -> io::Result<HashSet<String>> {
-        let f = match volume::open(&self.path, volume::Access::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = HashSet::new();
-        for line in BufReader::new(f).lines() {
-            let line = line?;
-            if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-                out.insert(e.name);
-            }
-        }
-        Ok(out)
+        Ok(self.refresh()?.names.clone())
     }
 
+    /// Whether `name` is recorded, reading only what was appended since the last look (by any
+    /// uploader: the caller holds the file's lock, so a line another one wrote is there).
     pub fn contains(&self, name: &str) -> io::Result<bool> {
-        Ok(self.uploaded()?.contains(name))
+        Ok(self.refresh()?.names.contains(name))
+    }
+
+    /// Reads the lines appended since the last call into the set.
+    fn refresh(&self) -> io::Result<MutexGuard<'_, Seen>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = match volume::open(&self.path, volume::Access::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(seen),
+            Err(e) => return Err(e),
+        };
+        let m = f.metadata()?;
+        let id = Some((m.dev(), m.ino()));
+        if seen.id != id || m.len() < seen.read_to {
+            *seen = Seen {
+                id,
+                ..Seen::default()
+            };
+        }
+        f.seek(SeekFrom::Start(seen.read_to))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in tail[..complete].split(|&b| b == b'\n') {
+            if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+                seen.names.insert(e.name);
+            }
+        }
+        seen.read_to += complete as u64;
+        Ok(seen)
     }
 
     /// Appends one entry durably.
@@ -91,12 +130,14 @@ impl Ledger {
             line.insert(0, b'\n');
         }
         f.write_all(&line)?;
-        f.sync_data()
+        f.sync_data()?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.names.insert(e.name.clone());
+        Ok(())
     }
 }
 
 fn ends_with_newline(path: &Path, len: u64) -> io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
     let mut f = volume::open(path, volume::Access::Read)?;
     f.seek(SeekFrom::Start(len - 1))?;
     let mut b = [0u8; 1];
@@ -118,8 +159,9 @@ pub enum LockOutcome {
 }
 
 impl FileLock {
-    pub(super) fn handle(&self) -> &File {
-        &self._lock
+    /// A new handle on the locked file (the lock stays with the original).
+    pub fn file(&self) -> io::Result<File> {
+        self._lock.try_clone()
     }
 
     /// Opens without following a link, never waiting on a FIFO: only a regular file is ours.
@@ -141,10 +183,7 @@ impl FileLock {
         loop {
             // open(2) on a hung volume blocks: not on the runtime thread.
             let p = path.to_path_buf();
-            let tried = tokio::task::spawn_blocking(move || Self::try_lock(&p))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
-            match tried {
+            match blocking::run(move || Self::try_lock(&p)).await {
                 Ok(Some(l)) => return Ok(LockOutcome::Locked(l)),
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockOutcome::Gone),
@@ -189,6 +228,26 @@ mod tests {
         l.record(&entry("b")).unwrap();
         let got = l.uploaded().unwrap();
         assert!(got.contains("a") && got.contains("b") && got.len() == 2);
+    }
+
+    #[test]
+    fn sees_what_another_uploader_appended_after_its_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "capture");
+        let (ours, theirs) = (Ledger::new(&layout), Ledger::new(&layout));
+        assert!(!ours.contains("a").unwrap());
+        theirs.record(&entry("a")).unwrap();
+        // Half a line of a writer still appending: not an entry yet.
+        let mut f = OpenOptions::new().append(true).open(ours.path()).unwrap();
+        f.write_all(b"{\"name\":\"b\",").unwrap();
+        assert!(ours.contains("a").unwrap());
+        assert!(!ours.contains("b").unwrap());
+        f.write_all(b"\"bytes\":1,\"sha256\":\"00\",\"uploaded_at\":\"t\",\"http_status\":200,\"idempotency_key\":\"k\"}\n").unwrap();
+        assert!(ours.contains("b").unwrap());
+        // A ledger replaced by another file is read from its start.
+        std::fs::remove_file(ours.path()).unwrap();
+        theirs.record(&entry("c")).unwrap();
+        assert_eq!(ours.uploaded().unwrap(), HashSet::from(["c".to_string()]));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tracing_subscriber::fmt::MakeWriter;
 
 use super::args::LogToPid1;
-use crate::cli::LogFormat;
+use crate::logging::LogFormat;
 
 const PID1_STDOUT: &str = "/proc/1/fd/1";
 

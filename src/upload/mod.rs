@@ -1,6 +1,5 @@
 //! The paired uploader: `sidecap uploader` (the long-running sidecar: idle PID 1, optional
-//! `--continuous` upload, the HTTP preStop hook `GET /prestop`) and `sidecap upload` (the exec
-//! preStop hook). One engine ([`engine`]) does every upload; [`hooks`] decides what to upload
+//! `--continuous` upload, `/metrics`) and `sidecap upload` (the exec preStop hook). One engine ([`engine`]) does every upload; [`hooks`] decides what to upload
 //! when; [`state`] reads the capture's file contract; [`ledger`] makes uploads idempotent;
 //! [`retry`] is the pure retry policy; [`report`] is what people see; [`redact`] keeps secrets
 //! out of all of it.
@@ -15,36 +14,54 @@
 //! or the exit code already decided) whatever the runtime is doing.
 
 pub mod args;
+pub mod blocking;
+mod body;
 pub mod config;
 pub mod engine;
 pub mod hooks;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod redact;
 pub mod report;
+mod request;
 pub mod retry;
 pub mod state;
 
-use std::io::Write as _;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::io::{self, Write as _};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use hyper::{Method, StatusCode};
-use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::exit::{self, ExitStatus};
 use crate::process::Shutdown;
 use config::{ConfigError, UploadConfig};
-use engine::{Engine, UploadMetrics};
+use engine::Engine;
+use metrics::UploadMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// A configuration mistake found outside the upload options (the uploader's own flags, the
+    /// directory).
     #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Config(String),
+    Invalid(String),
+    #[error("capture directory {} (mount the shared volume there, or set --dir)", dir.display())]
+    Dir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     Runtime(String),
     #[error("deadline reached with {left} file(s) not uploaded: {files}")]
@@ -64,20 +81,13 @@ pub enum UploadError {
 impl ExitStatus for UploadError {
     fn exit_code(&self) -> u8 {
         match self {
-            UploadError::Usage(_) => exit::USAGE,
-            UploadError::Config(_) => exit::CONFIG,
-            UploadError::Runtime(_) => exit::RUNTIME,
+            UploadError::Config(_)
+            | UploadError::Engine(_)
+            | UploadError::Invalid(_)
+            | UploadError::Dir { .. } => exit::CONFIG,
+            UploadError::Start { .. } | UploadError::Runtime(_) => exit::RUNTIME,
             UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
-        }
-    }
-}
-
-impl From<ConfigError> for UploadError {
-    fn from(e: ConfigError) -> Self {
-        match e {
-            ConfigError::Usage(m) => UploadError::Usage(m),
-            ConfigError::File(m) => UploadError::Config(m),
         }
     }
 }
@@ -86,14 +96,14 @@ fn check_dir(cfg: &UploadConfig) -> Result<(), UploadError> {
     let d = &cfg.layout.dir;
     match std::fs::metadata(d) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(UploadError::Config(format!(
+        Ok(_) => Err(UploadError::Invalid(format!(
             "--dir {} is not a directory",
             d.display()
         ))),
-        Err(e) => Err(UploadError::Config(format!(
-            "capture directory {}: {e} (mount the shared volume there, or set --dir)",
-            d.display()
-        ))),
+        Err(source) => Err(UploadError::Dir {
+            dir: d.clone(),
+            source,
+        }),
     }
 }
 
@@ -109,11 +119,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, UploadError> {
         .enable_all()
         .max_blocking_threads(4)
         .build()
-        .map_err(|e| UploadError::Runtime(format!("cannot start the async runtime: {e}")))
+        .map_err(|source| UploadError::Start {
+            what: "cannot start the async runtime",
+            source,
+        })
 }
 
 fn engine(cfg: Arc<UploadConfig>, metrics: Arc<UploadMetrics>) -> Result<Engine, UploadError> {
-    Engine::new(cfg, metrics).map_err(|e| UploadError::Config(e.to_string()))
+    Ok(Engine::new(cfg, metrics)?)
 }
 
 /// Exit code not decided yet (the watchdog then exits with [`exit::DEADLINE`]).
@@ -222,7 +235,6 @@ pub fn run_upload(args: &args::UploadArgs, shutdown: Shutdown) -> Result<(), Upl
         &engine,
         start,
         start_wall,
-        "exec",
         &shutdown.token(),
     ));
     watchdog.decided(report.exit_code);
@@ -254,99 +266,40 @@ fn result_of(report: &report::Report, stopped: bool) -> Result<(), UploadError> 
     }
 }
 
-/// Lets a preStop upload in this process take precedence over `--continuous`: while one runs,
-/// the continuous loop starts no new file. The file it is sending is not cancelled: the
-/// preStop run finds it locked, moves past it and comes back once it is done (the ledger then
-/// says it was uploaded).
-#[derive(Default)]
-pub struct Pause {
-    active: AtomicUsize,
-}
-
-impl Pause {
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::SeqCst) > 0
-    }
-
-    fn begin(&self) {
-        self.active.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn end(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The preStop run `GET /prestop` started, if one is running: a second call (a re-run hook, a
-/// retry) joins it and gets its answer instead of starting another run.
-type Running = Arc<Mutex<Option<tokio::sync::watch::Receiver<Option<(StatusCode, String)>>>>>;
-
 /// `sidecap uploader`: the long-running sidecar.
 pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(), UploadError> {
     let cfg = Arc::new(config::from_opts(&args.opts, args.continuous)?);
     install_panic_redaction(cfg.redactor.clone());
     check_dir(&cfg)?;
     let poll = crate::config::parse_duration(&args.poll_interval)
-        .map_err(|e| UploadError::Usage(format!("--poll-interval: {e}")))?;
+        .map_err(|e| UploadError::Invalid(format!("--poll-interval: {e}")))?;
     let file_timeout = crate::config::parse_duration(&args.file_timeout)
-        .map_err(|e| UploadError::Usage(format!("--file-timeout: {e}")))?;
+        .map_err(|e| UploadError::Invalid(format!("--file-timeout: {e}")))?;
     if poll.is_zero() || file_timeout.is_zero() {
-        return Err(UploadError::Usage(
+        return Err(UploadError::Invalid(
             "--poll-interval and --file-timeout must be positive".into(),
         ));
     }
-    let listen = admin::parse_listen(&args.listen).map_err(UploadError::Usage)?;
+    let listen = admin::parse_listen(&args.listen).map_err(UploadError::Invalid)?;
     let listener = match listen {
-        Some(a) => Some(admin::bind(a).map_err(UploadError::Config)?),
+        Some(a) => Some(admin::bind(a).map_err(UploadError::Invalid)?),
         None => None,
     };
     let rt = runtime()?;
     let metrics = Arc::new(UploadMetrics::default());
-    let engine = Arc::new({
+    let engine = {
         let _guard = rt.enter();
         engine(cfg.clone(), metrics.clone())?
-    });
-    let pause = Arc::new(Pause::default());
+    };
     let token = shutdown.token();
     if let Some(listener) = listener {
-        let handle = rt.handle().clone();
-        let (engine, pause, token) = (engine.clone(), pause.clone(), token.clone());
-        let running: Running = Arc::default();
-        let handler: admin::Handler = Arc::new(move |method: Method, path: String| {
-            let (engine, pause, token, handle, running) = (
-                engine.clone(),
-                pause.clone(),
-                token.clone(),
-                handle.clone(),
-                running.clone(),
-            );
-            Box::pin(async move {
-                if path == "/prestop" && (method == Method::GET || method == Method::POST) {
-                    let mut rx = join_or_start_prestop(&running, &handle, engine, pause, token);
-                    let answer = rx
-                        .wait_for(|a| a.is_some())
-                        .await
-                        .ok()
-                        .and_then(|a| a.clone());
-                    return match answer {
-                        Some((status, body)) => admin::Reply::text(status, body),
-                        None => admin::Reply::text(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "preStop upload failed: it ended without an answer\n",
-                        ),
-                    };
-                }
-                admin::common_route(&method, &path, true, || engine.metrics.render())
-                    .unwrap_or_else(|| {
-                        admin::Reply::text(
-                            StatusCode::NOT_FOUND,
-                            "not found: try /livez, /readyz, /metrics, /prestop\n",
-                        )
-                    })
-            })
-        });
-        admin::spawn(listener, handler)
-            .map_err(|e| UploadError::Runtime(format!("admin server: {e}")))?;
+        let metrics = metrics.clone();
+        admin::spawn(listener, admin::probes(|| true, move || metrics.render())).map_err(
+            |source| UploadError::Start {
+                what: "cannot start the admin server",
+                source,
+            },
+        )?;
     }
     tracing::info!(
         dir = %cfg.layout.dir.display(),
@@ -357,7 +310,7 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.block_on(async {
         if args.continuous {
-            hooks::continuous(engine.clone(), poll, file_timeout, token.clone(), pause).await;
+            hooks::continuous(&engine, poll, file_timeout, token.clone()).await;
         } else {
             token.cancelled().await;
         }
@@ -368,99 +321,4 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
-}
-
-/// The answer of the running preStop run, starting one if none runs. The run itself runs on
-/// the uploader's runtime (where the HTTP client lives); the admin thread only waits for it.
-fn join_or_start_prestop(
-    running: &Running,
-    handle: &tokio::runtime::Handle,
-    engine: Arc<Engine>,
-    pause: Arc<Pause>,
-    token: CancellationToken,
-) -> tokio::sync::watch::Receiver<Option<(StatusCode, String)>> {
-    let mut slot = match running.lock() {
-        Ok(g) => g,
-        Err(e) => e.into_inner(),
-    };
-    if let Some(rx) = slot.as_ref() {
-        tracing::info!("A preStop upload is already running: this call waits for its result.");
-        return rx.clone();
-    }
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    *slot = Some(rx.clone());
-    let running = running.clone();
-    handle.spawn(async move {
-        let answer = match tokio::spawn(http_prestop(engine, pause, token)).await {
-            Ok(r) => (r.status, r.body),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("preStop upload failed: {e}\n"),
-            ),
-        };
-        // Cleared first: a call after this point starts a new run.
-        if let Ok(mut g) = running.lock() {
-            *g = None;
-        }
-        let _ = tx.send(Some(answer));
-    });
-    rx
-}
-
-async fn http_prestop(
-    engine: Arc<Engine>,
-    pause: Arc<Pause>,
-    token: CancellationToken,
-) -> admin::Reply {
-    let now = Instant::now();
-    if engine.config().url.is_none() {
-        return admin::Reply::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no --url configured: nothing can be uploaded\n",
-        );
-    }
-    let (layout, grace) = (engine.config().layout.clone(), engine.config().grace);
-    let (start, start_wall) =
-        match tokio::task::spawn_blocking(move || hooks::hook_start(&layout, grace)).await {
-            Ok(s) => s,
-            Err(_) => (now, std::time::SystemTime::now()),
-        };
-    pause.begin();
-    let report = hooks::prestop(&engine, start, start_wall, "http", &token).await;
-    pause.end();
-    // The report file is written with an fsync: not on the runtime thread.
-    let report = {
-        let layout = engine.config().layout.clone();
-        tokio::task::spawn_blocking(move || {
-            report.publish(&layout);
-            report
-        })
-        .await
-    };
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            return admin::Reply::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("preStop upload failed: {e}\n"),
-            )
-        }
-    };
-    let t = &report.totals;
-    let body = format!(
-        "uploaded={} already_uploaded={} failed={} left={} deadline_reached={} exit_code={}\n{}\n",
-        t.uploaded,
-        t.already_uploaded,
-        t.failed,
-        t.left,
-        report.deadline_reached,
-        report.exit_code,
-        report.reason
-    );
-    let status = if report.exit_code == exit::OK {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    admin::Reply::text(status, body)
 }

@@ -10,6 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use url::Url;
 
+/// The placeholder in `--url` replaced by the percent-encoded file name. Here because the
+/// redaction is what must know how a templated URL is written (its path is not a secret).
+pub const FILE_PLACEHOLDER: &str = "{file}";
+
 pub const REDACTED: &str = "[REDACTED]";
 /// Secrets shorter than this are not scrubbed from free text (they would blank ordinary words
 /// and numbers); they are still never printed on purpose.
@@ -39,8 +43,8 @@ pub fn is_sensitive_header(name: &str) -> bool {
 /// path); otherwise it may be the credential itself (Slack-style webhooks put it there), so
 /// it is replaced too. A URL that does not parse is shown as its scheme and host at most.
 pub fn url_for_display(raw: &str) -> String {
-    let templated = raw.contains(super::config::FILE_PLACEHOLDER);
-    match Url::parse(&raw.replace(super::config::FILE_PLACEHOLDER, "__FILE__")) {
+    let templated = raw.contains(FILE_PLACEHOLDER);
+    match Url::parse(&raw.replace(FILE_PLACEHOLDER, "__FILE__")) {
         Ok(mut u) => {
             let had_query = u.query().is_some();
             let had_fragment = u.fragment().is_some();
@@ -51,9 +55,7 @@ pub fn url_for_display(raw: &str) -> String {
             if !templated && u.path() != "/" {
                 u.set_path(REDACTED);
             }
-            let mut s = u
-                .to_string()
-                .replace("__FILE__", super::config::FILE_PLACEHOLDER);
+            let mut s = u.to_string().replace("__FILE__", FILE_PLACEHOLDER);
             if had_query {
                 s.push('?');
                 s.push_str(REDACTED);
@@ -120,7 +122,7 @@ impl Redactor {
     /// Registers a URL's secret parts: user info, query (whole, and each value), fragment, and
     /// the path when it is not a `{file}` template (see [`url_for_display`]).
     pub fn add_url(&mut self, raw: &str) {
-        if !raw.contains(super::config::FILE_PLACEHOLDER) {
+        if !raw.contains(FILE_PLACEHOLDER) {
             if let Ok(u) = Url::parse(raw) {
                 if u.path() != "/" {
                     self.add(u.path());
@@ -133,17 +135,17 @@ impl Redactor {
             for pair in q.split('&') {
                 if let Some((_, v)) = pair.split_once('=') {
                     self.add(v);
-                    // Also the decoded form, which error messages may show.
-                    if let Ok(dec) = percent_decode(v) {
-                        self.add(&dec);
-                    }
                 }
+            }
+            // Also the decoded forms, which error messages may show.
+            for (_, v) in url::form_urlencoded::parse(q.as_bytes()) {
+                self.add(&v);
             }
         }
         if let Some((_, f)) = raw.split_once('#') {
             self.add(f);
         }
-        if let Ok(u) = Url::parse(&raw.replace(super::config::FILE_PLACEHOLDER, "x")) {
+        if let Ok(u) = Url::parse(&raw.replace(FILE_PLACEHOLDER, "x")) {
             if let Some(p) = u.password() {
                 self.add(p);
             }
@@ -166,30 +168,6 @@ impl Redactor {
         }
         out
     }
-}
-
-fn percent_decode(s: &str) -> Result<String, ()> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let h = std::str::from_utf8(&b[i + 1..i + 3]).map_err(|_| ())?;
-                out.push(u8::from_str_radix(h, 16).map_err(|_| ())?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
 }
 
 #[cfg(test)]

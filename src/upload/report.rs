@@ -1,13 +1,94 @@
 //! What a preStop upload tells people: the `Upload summary` log event and the JSON report
 //! `<dir>/<prefix>.upload-report.json`, written atomically. kubelet shows nothing of a hook's
 //! output, so these two are the only record; neither ever holds a secret (the URL is shown
-//! redacted and every error was scrubbed by the engine).
+//! redacted and every error was scrubbed by the engine). [`FileResult`] is one file's line in both.
 
 use serde::Serialize;
 
-use super::engine::{FileResult, FileStatus};
-use crate::capture::files::{self, Layout};
+use super::state::Candidate;
 use crate::exit;
+use crate::files::{self, Layout};
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Sent now and accepted.
+    Uploaded,
+    /// In the ledger: sent earlier (by this or another uploader), not sent again.
+    AlreadyUploaded,
+    /// Refused for good (4xx other than 408/429, 3xx, 501, TLS certificate failure).
+    Rejected,
+    /// Attempted, but every attempt failed before the deadline (or a stop).
+    Failed,
+    /// No time (or no lock) was left to try it.
+    NotAttempted,
+    /// Deleted by the capture's ring bound (`--max-files`, `--max-total-size`) before it could
+    /// be sent: lost by configuration, not by the upload.
+    Deleted,
+    /// Named like a capture file but not one: a symbolic link or other non-regular file (never
+    /// followed), or no pcap header (empty, or other content). Not sent, not counted as left:
+    /// the capture never writes such a file, so no captured packet is in it.
+    Skipped,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Uploaded => "uploaded",
+            FileStatus::AlreadyUploaded => "already_uploaded",
+            FileStatus::Rejected => "rejected",
+            FileStatus::Failed => "failed",
+            FileStatus::NotAttempted => "not_attempted",
+            FileStatus::Deleted => "deleted",
+            FileStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_done(self) -> bool {
+        matches!(self, FileStatus::Uploaded | FileStatus::AlreadyUploaded)
+    }
+}
+
+/// The outcome for one file, as it appears in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileResult {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub status: FileStatus,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+    pub duration_ms: u64,
+    /// Not attempted because another uploader held the file: worth another look later.
+    #[serde(skip)]
+    pub busy: bool,
+}
+
+impl FileResult {
+    /// A file nothing has been tried for yet.
+    pub fn not_attempted(c: &Candidate) -> FileResult {
+        FileResult::new(c.name.clone(), c.size, FileStatus::NotAttempted)
+    }
+
+    /// A result with only a name, a size and a status; the rest empty.
+    pub fn new(name: String, bytes: u64, status: FileStatus) -> FileResult {
+        FileResult {
+            name,
+            bytes,
+            sha256: None,
+            status,
+            attempts: 0,
+            http_status: None,
+            error: None,
+            repaired: None,
+            duration_ms: 0,
+            busy: false,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Totals {
@@ -31,7 +112,7 @@ pub struct Totals {
 pub struct Report {
     pub version: u32,
     pub sidecap_version: &'static str,
-    /// "exec" (`sidecap upload`) or "http" (`GET /prestop`).
+    /// Always "exec" (`sidecap upload`); the HTTP hook that could also write it was removed.
     pub hook: &'static str,
     pub started_at: String,
     pub finished_at: String,

@@ -76,6 +76,9 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Dura
     d / 2 + d.mul_f64(j / 2.0)
 }
 
+/// A connect that has not succeeded in this long will not: retry on a fresh one.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Below this much time left an attempt cannot achieve anything: stop instead.
 pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 

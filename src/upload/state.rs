@@ -32,10 +32,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use crate::capture::files::{self, CaptureFile, DoneMarker, Layout};
+use crate::files::{self, CaptureFile, DoneMarker, Layout};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaptureState {
@@ -205,46 +205,9 @@ fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, Stri
     // write them: then the torn tail stays on disk and only the valid part is uploaded.
     let (packets, valid, removed, limit) = match cached {
         Some((packets, valid, removed)) => (packets, valid, removed, Some(valid)),
-        None => {
-            let cut = may_modify.then(|| crate::repair::repair_file(&f.path, false));
-            match cut {
-                // Changed in place: what is on disk now is the repaired file.
-                Some(Ok(r)) if !r.dry_run => (r.scan.packets, r.scan.valid_len, r.removed, None),
-                // Damage repair would not cut out (pcapng has no resynchronisation): the file
-                // is left as it is, and only its clean prefix is sent.
-                Some(Ok(r)) => {
-                    let v = (r.scan.packets, r.scan.valid_len, r.removed);
-                    if let Ok(mut c) = scan_cache().lock() {
-                        c.insert(key, v);
-                    }
-                    (v.0, v.1, v.2, Some(v.1))
-                }
-                Some(Err(crate::repair::RepairError::Truncate(..))) | None => {
-                    let r = crate::repair::repair_file(&f.path, true).map_err(|e| e.to_string())?;
-                    let v = (r.scan.packets, r.scan.valid_len, r.removed);
-                    if let Ok(mut c) = scan_cache().lock() {
-                        c.insert(key, v);
-                    }
-                    (v.0, v.1, v.2, Some(v.1))
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-            }
-        }
+        None => scan_or_repair(&f.path, key, may_modify)?,
     };
-    let what = if removed > 0 {
-        format!(
-            "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
-            if limit.is_some() {
-                "file left as it is (not writable, or a capture is running), upload stops before"
-            } else {
-                "removed"
-            },
-            removed,
-            packets
-        )
-    } else {
-        format!("left by a capture that died: intact, {packets} packets")
-    };
+    let what = repair_note(removed, packets, limit.is_some());
     if limit.is_some() {
         // Not renamed: a .pcap name would lose the limit, and a later run would send the torn
         // tail. The .part is read in place and uploaded under the .pcap name.
@@ -273,6 +236,53 @@ fn repair_dead_part(f: &CaptureFile, may_modify: bool) -> Result<Candidate, Stri
         limit,
         repaired: Some(what),
     })
+}
+
+/// A dead `.part` file scanned, and repaired in place when `may_modify` and the file lets
+/// us: (packets, valid length, torn bytes, upload limit). The limit is set when the file was
+/// left as it is: only its first `valid` bytes are sent.
+fn scan_or_repair(
+    path: &Path,
+    key: ScanKey,
+    may_modify: bool,
+) -> Result<(u64, u64, u64, Option<u64>), String> {
+    let cache = |v: (u64, u64, u64)| {
+        if let Ok(mut c) = scan_cache().lock() {
+            c.insert(key, v);
+        }
+        (v.0, v.1, v.2, Some(v.1))
+    };
+    let cut = may_modify.then(|| crate::repair::repair_file(path, false));
+    match cut {
+        // Changed in place: what is on disk now is the repaired file.
+        Some(Ok(r)) if !r.dry_run => Ok((r.scan.packets, r.scan.valid_len, r.removed, None)),
+        // Damage repair would not cut out (pcapng has no resynchronisation): the file
+        // is left as it is, and only its clean prefix is sent.
+        Some(Ok(r)) => Ok(cache((r.scan.packets, r.scan.valid_len, r.removed))),
+        Some(Err(crate::repair::RepairError::Truncate(..))) | None => {
+            let r = crate::repair::repair_file(path, true).map_err(|e| e.to_string())?;
+            Ok(cache((r.scan.packets, r.scan.valid_len, r.removed)))
+        }
+        Some(Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// What the report says about a repaired file.
+fn repair_note(removed: u64, packets: u64, left_as_is: bool) -> String {
+    if removed > 0 {
+        format!(
+            "left by a capture that died: {} {} bytes of a torn last record, kept {} packets",
+            if left_as_is {
+                "file left as it is (not writable, or a capture is running), upload stops before"
+            } else {
+                "removed"
+            },
+            removed,
+            packets
+        )
+    } else {
+        format!("left by a capture that died: intact, {packets} packets")
+    }
 }
 
 #[cfg(test)]

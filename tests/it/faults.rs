@@ -26,7 +26,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, i64, u64)> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         // Only names of the file contract: hidden temporaries are not capture files.
         .filter(|p| {
-            let layout = sidecap::capture::files::Layout::new(p.parent().unwrap(), "capture");
+            let layout = sidecap::files::Layout::new(p.parent().unwrap(), "capture");
             layout
                 .parse_name(&p.file_name().unwrap().to_string_lossy())
                 .is_some()
@@ -147,7 +147,7 @@ fn kill_storm_never_loses_or_corrupts_what_was_written() {
     );
     assert!(packets > 0);
     // Numbering continued across every restart: no sequence number used twice.
-    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
+    let layout = sidecap::files::Layout::new(dir.path(), "capture");
     let seqs: Vec<u64> = layout.list().unwrap().iter().map(|f| f.seq).collect();
     let mut dedup = seqs.clone();
     dedup.dedup();

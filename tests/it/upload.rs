@@ -85,13 +85,13 @@ pub(crate) fn finished_capture(n: u32) -> (tempfile::TempDir, Vec<String>) {
         write_pcap(&dir.path().join(&name), 20 + i, 100 + i);
         names.push(name);
     }
-    let marker = sidecap::capture::files::DoneMarker {
+    let marker = sidecap::files::DoneMarker {
         reason: "signal SIGTERM".into(),
         clean: true,
         files: names.clone(),
         ..Default::default()
     };
-    sidecap::capture::files::write_atomic(
+    sidecap::files::write_atomic(
         &dir.path().join("capture.done"),
         &serde_json::to_vec(&marker).unwrap(),
     )
@@ -423,7 +423,7 @@ fn uploading_twice_sends_each_file_once() {
 }
 
 #[test]
-fn continuous_and_prestop_never_double_send() {
+fn continuous_and_the_prestop_hook_never_double_send() {
     require_root();
     let dir = tempdir();
     let port = unique_port();
@@ -438,15 +438,14 @@ fn continuous_and_prestop_never_double_send() {
         dir.path(),
         &rx.url("/in"),
         "100ms",
-        "127.0.0.1:0",
+        "off",
     ));
-    let admin = uploader.admin_addr();
     // Traffic for ~3 s, so several files rotate and the continuous loop uploads them.
     for _ in 0..30 {
         send_udp(port, 10, 100);
         std::thread::sleep(Duration::from_millis(100));
     }
-    // t0: both preStop paths start (exec and HTTP), racing the continuous loop.
+    // t0: the preStop hook starts, racing the continuous loop.
     let t0 = Instant::now();
     assert!(
         rx.accepted().iter().any(|r| r.at < t0),
@@ -454,15 +453,12 @@ fn continuous_and_prestop_never_double_send() {
         uploader.log_text()
     );
     let mut exec = Proc::spawn(&mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"));
-    let http = std::thread::spawn(move || http_get(&admin, "/prestop"));
     std::thread::sleep(Duration::from_millis(700));
     send_udp(port, 10, 100);
     cap.signal(Signal::SIGTERM);
     assert_eq!(cap.wait_timeout(Duration::from_secs(10)).code(), Some(0));
     let st = exec.wait_timeout(Duration::from_secs(25));
     assert_eq!(st.code(), Some(0), "{}", exec.log_text());
-    let (status, body) = http.join().unwrap().expect("prestop answered");
-    assert_eq!(status, 200, "{body}");
     uploader.signal(Signal::SIGTERM);
     assert_eq!(
         uploader.wait_timeout(Duration::from_secs(5)).code(),
@@ -898,8 +894,8 @@ fn capture_that_never_finalizes_gets_its_complete_files_out_and_says_so() {
     let (dir, names) = finished_capture(2);
     std::fs::remove_file(dir.path().join("capture.done")).unwrap();
     // A capture that runs past the deadline: it holds the lock and writes a .part.
-    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
-    let _lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let layout = sidecap::files::Layout::new(dir.path(), "capture");
+    let _lock = sidecap::files::CaptureLock::acquire(&layout).unwrap();
     let live = "capture-20261122T154103Z-000003.pcap.part";
     write_pcap(&dir.path().join(live), 3, 60);
     let rx = Receiver::start(vec![]);
@@ -1168,37 +1164,37 @@ fn a_file_deleted_by_the_ring_bound_before_its_turn_is_reported_as_deleted() {
 }
 
 #[test]
-fn http_prestop_hook_reports_failure_with_500_and_metrics_hold_no_secret() {
+fn a_rejection_in_continuous_mode_is_counted_and_metrics_hold_no_secret() {
     let (dir, names) = finished_capture(1);
     let rx = Receiver::start(vec![Action::Status(403)]);
     let url = rx.url("/in?token=QUERYSECRET999");
-    let mut up = Proc::spawn(
-        Command::new(bin())
-            .args(["--log-format", "json", "uploader", "--dir"])
-            .arg(dir.path())
-            .args([
-                "--url",
-                &url,
-                "--listen",
-                "127.0.0.1:0",
-                "--grace-period",
-                "10s",
-            ]),
-    );
+    let mut up = Proc::spawn(&mut continuous_cmd(
+        dir.path(),
+        &url,
+        "100ms",
+        "127.0.0.1:0",
+    ));
     let admin = up.admin_addr();
-    let (status, body) = http_get(&admin, "/prestop").expect("answer");
-    assert_eq!(status, 500, "{body}");
-    assert!(body.contains("failed=1"), "{body}");
-    assert_eq!(file_status(&report(dir.path()), &names[0]), "rejected");
-    let (_, metrics) = http_get(&admin, "/metrics").unwrap();
-    assert!(
-        metrics.contains("sidecap_upload_files_rejected_total 1"),
-        "{metrics}"
-    );
+    let t0 = Instant::now();
+    let metrics = loop {
+        let (_, m) = http_get(&admin, "/metrics").unwrap();
+        if m.contains("sidecap_upload_files_rejected_total 1") {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{m}\n{}",
+            up.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(names_of(&rx.requests()), vec![names[0].clone()]);
     assert_eq!(http_get(&admin, "/livez").unwrap().0, 200);
+    // The preStop path is gone from the admin server: only the probes and /metrics answer.
+    assert_eq!(http_get(&admin, "/prestop").unwrap().0, 404);
     up.signal(Signal::SIGTERM);
     assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
-    for text in [body, metrics, up.log_text()] {
+    for text in [metrics, up.log_text()] {
         assert!(!text.contains("QUERYSECRET999"), "{text}");
     }
 }
@@ -1210,8 +1206,8 @@ fn a_refused_old_file_cannot_starve_the_final_file() {
     let dir = tempdir();
     let old = "capture-20261122T154101Z-000001.pcap";
     write_pcap(&dir.path().join(old), 20, 100);
-    let layout = sidecap::capture::files::Layout::new(dir.path(), "capture");
-    let lock = sidecap::capture::files::CaptureLock::acquire(&layout).unwrap();
+    let layout = sidecap::files::Layout::new(dir.path(), "capture");
+    let lock = sidecap::files::CaptureLock::acquire(&layout).unwrap();
     let live = dir.path().join("capture-20261122T154102Z-000002.pcap.part");
     write_pcap(&live, 30, 100);
     let rx = Receiver::start(vec![]);
@@ -1227,12 +1223,12 @@ fn a_refused_old_file_cannot_starve_the_final_file() {
     // The app is gone: the capture finalizes its last file and exits.
     let fin = dir.path().join("capture-20261122T154102Z-000002.pcap");
     std::fs::rename(&live, &fin).unwrap();
-    let marker = sidecap::capture::files::DoneMarker {
+    let marker = sidecap::files::DoneMarker {
         reason: "signal SIGTERM".into(),
         clean: true,
         ..Default::default()
     };
-    sidecap::capture::files::write_atomic(
+    sidecap::files::write_atomic(
         &dir.path().join("capture.done"),
         &serde_json::to_vec(&marker).unwrap(),
     )
@@ -1301,14 +1297,6 @@ fn an_unreadable_capture_directory_is_a_failure_not_a_success() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(log.contains("cannot list"), "{log}");
     assert!(rx.requests().is_empty());
-    // The HTTP hook answers 500.
-    let mut up = Proc::spawn(&mut nobody(&["uploader", "--listen", "127.0.0.1:0"]));
-    let admin = up.admin_addr();
-    let (status, body) = http_get(&admin, "/prestop").expect("answer");
-    assert_eq!(status, 500, "{body}");
-    assert!(body.contains("exit_code=1"), "{body}");
-    up.signal(Signal::SIGTERM);
-    assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
 }
 
 #[test]
@@ -1360,7 +1348,7 @@ fn a_rerun_hook_counts_its_deadline_from_the_first_hooks_start() {
 }
 
 #[test]
-fn prestop_lets_the_in_flight_continuous_file_finish_and_joins_concurrent_calls() {
+fn prestop_lets_the_in_flight_continuous_file_finish() {
     let (dir, names) = finished_capture(1);
     // The continuous upload of the file takes 2 s at the receiver.
     let rx = Receiver::start(vec![Action::Delay(2000, 200)]);
@@ -1368,42 +1356,19 @@ fn prestop_lets_the_in_flight_continuous_file_finish_and_joins_concurrent_calls(
         dir.path(),
         &rx.url("/in"),
         "100ms",
-        "127.0.0.1:0",
+        "off",
     ));
-    let admin = up.admin_addr();
     // The continuous loop (polling every 100 ms) is sending the file by now.
     std::thread::sleep(Duration::from_millis(700));
     assert!(rx.requests().is_empty(), "still in flight at the receiver");
-    // Two preStop calls while the continuous upload is in flight.
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let admin = admin.clone();
-            std::thread::spawn(move || http_get(&admin, "/prestop"))
-        })
-        .collect();
-    let answers: Vec<(u16, String)> = calls
-        .into_iter()
-        .map(|c| c.join().unwrap().expect("answer"))
-        .collect();
-    for (status, body) in &answers {
-        assert_eq!(*status, 200, "{body}\n{}", up.log_text());
-    }
-    assert_eq!(
-        answers[0].1, answers[1].1,
-        "the second call joined the first"
+    let (code, _, log) = run(
+        &mut upload_cmd(dir.path(), &rx.url("/in"), "20s", "2s"),
+        Duration::from_secs(25),
     );
-    assert!(
-        answers[0].1.contains("already_uploaded=1"),
-        "{}",
-        answers[0].1
-    );
+    assert_eq!(code, 0, "{log}\n{}", up.log_text());
+    assert_eq!(report(dir.path())["totals"]["already_uploaded"], 1);
     // Sent once, by the continuous loop, not cancelled and sent again.
     assert_eq!(names_of(&rx.requests()), vec![names[0].clone()]);
-    let (_, metrics) = http_get(&admin, "/metrics").unwrap();
-    assert!(
-        metrics.contains("sidecap_upload_prestop_runs_total 1"),
-        "{metrics}"
-    );
     up.signal(Signal::SIGTERM);
     assert_eq!(up.wait_timeout(Duration::from_secs(5)).code(), Some(0));
 }
@@ -1637,7 +1602,7 @@ fn secret_files_are_bounded_regular_files_read_without_waiting() {
 }
 
 #[test]
-fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
+fn a_header_with_a_line_break_or_one_sidecap_sets_is_invalid_configuration() {
     let (dir, names) = finished_capture(1);
     let rx = Receiver::start(vec![]);
     for h in [
@@ -1650,7 +1615,7 @@ fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
             upload_cmd(dir.path(), &rx.url("/in"), "5s", "1s").args(["--header", h]),
             Duration::from_secs(10),
         );
-        assert_eq!(code, 2, "{h:?}: {log}");
+        assert_eq!(code, 3, "{h:?}: {log}");
         assert!(log.contains("invalid --header"), "{h:?}: {log}");
     }
     // '=' for ':' puts the secret into the name: the error must not echo it.
@@ -1659,7 +1624,7 @@ fn a_header_with_a_line_break_or_one_sidecap_sets_is_a_usage_error() {
             .args(["--header", "Authorization=Bearer s3cretTOKENvalue:x"]),
         Duration::from_secs(10),
     );
-    assert_eq!(code, 2, "{log}");
+    assert_eq!(code, 3, "{log}");
     assert!(log.contains("invalid --header name"), "{log}");
     assert!(
         !log.contains("s3cretTOKENvalue"),

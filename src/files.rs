@@ -1,4 +1,5 @@
-//! The file contract on the shared volume, which the uploader and users rely on:
+//! The file contract on the shared volume: the only interface between the capture (which
+//! writes it) and the uploader (which reads it), so it belongs to neither. Users rely on it too:
 //!
 //! - A file being written is `<prefix>-<UTC YYYYMMDDTHHMMSSZ>-<seq>.pcap.part` (`.pcapng.part`
 //!   with `--format pcapng`). When it is complete (rotation or shutdown) it is fsynced and
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+/// The default of `--prefix`, which `-w -` accepts because it is not a choice the user made.
+pub const DEFAULT_PREFIX: &str = "capture";
 
 /// Permissions of everything we create: captured packets are sensitive. Group read lets an
 /// uploader sidecar that shares our group (fsGroup) read the files.

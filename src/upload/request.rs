@@ -1,0 +1,228 @@
+//! One HTTP attempt: the request built from the configuration, the body streamed from the
+//! file, a bounded part of the response read, all under the attempt's watchdog
+//! ([`body::watch`]). What to do next is [`retry`]'s business, not this module's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{self, HeaderValue};
+
+use super::args::Method;
+use super::blocking;
+use super::body::{self, Prepared};
+use super::config::{self, UploadConfig};
+use super::redact::Redactor;
+use super::retry::{self, TransportError};
+use super::state::Candidate;
+use crate::files::FileFormat;
+
+/// How much of an error response body is kept for the report (scrubbed).
+const ERROR_BODY_LIMIT: usize = 512;
+
+/// How one attempt ended.
+pub(super) enum Attempt {
+    Status {
+        code: u16,
+        retry_after: Option<String>,
+        body: String,
+    },
+    Transport(TransportError, String),
+}
+
+/// What every attempt at one file sends: the file, its digests and its idempotency key.
+pub(super) struct Upload<'a> {
+    pub c: &'a Candidate,
+    pub file: &'a Arc<std::fs::File>,
+    pub prep: &'a Prepared,
+    pub key: &'a str,
+}
+
+/// One attempt, at most `remaining` long; `horizon` is the end of the whole run.
+pub(super) async fn send_once(
+    client: &reqwest::Client,
+    cfg: &UploadConfig,
+    u: &Upload<'_>,
+    remaining: Duration,
+    horizon: Instant,
+    attempt: u32,
+) -> Attempt {
+    let run_left = horizon.saturating_duration_since(Instant::now());
+    let limits = retry::attempt_limits(remaining, run_left, u.prep.body_len);
+    let progress = Arc::new(body::Progress::default());
+    let stream = body::body_stream(u.file.clone(), u.prep.file_len, cfg.gzip);
+    let stream = body::tracked(stream, u.prep.body_len, progress.clone());
+    let req = match build(client, cfg, u, attempt, stream).await {
+        Ok(r) => r.timeout(limits.total),
+        Err(a) => return a,
+    };
+    tokio::select! {
+        a = exchange(req, &cfg.redactor) => a,
+        why = body::watch(&progress, limits) => Attempt::Transport(TransportError::Timeout, why),
+    }
+}
+
+/// The request: URL, method, configured headers, the bearer token (read for every attempt, so
+/// a rotated Secret is picked up), the sidecap headers, and the body raw or as a form part.
+async fn build(
+    client: &reqwest::Client,
+    cfg: &UploadConfig,
+    u: &Upload<'_>,
+    attempt: u32,
+    body: reqwest::Body,
+) -> Result<reqwest::RequestBuilder, Attempt> {
+    let other = |m: String| Attempt::Transport(TransportError::Other, m);
+    let Some(url) = cfg.url_for(&u.c.name) else {
+        return Err(other("no --url".into()));
+    };
+    let method = match cfg.method {
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+    };
+    let mut req = client.request(method, &url);
+    for (n, v) in cfg.headers.iter().chain(&cfg.pod) {
+        req = req.header(n, v);
+    }
+    if let Some(p) = &cfg.bearer_token_file {
+        let (p, mut redactor) = (p.clone(), cfg.redactor.clone());
+        // Worth a retry: a Secret being updated is briefly absent.
+        let token = blocking::value(move || config::read_token(&p, &mut redactor))
+            .await
+            .map_err(|e| other(e.to_string()))?
+            .map_err(|e| other(crate::exit::with_causes(&e)))?;
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            v.set_sensitive(true);
+            req = req.header(header::AUTHORIZATION, v);
+        }
+    }
+    req = req
+        .header("x-sidecap-file", &u.c.name)
+        .header("x-sidecap-sha256", &u.prep.file_sha)
+        .header("x-sidecap-attempt", attempt.to_string())
+        .header("idempotency-key", u.key);
+    with_body(req, cfg, u, body).map_err(other)
+}
+
+/// The body as a multipart form part (`--form`) or raw, with its length, type and digest.
+fn with_body(
+    req: reqwest::RequestBuilder,
+    cfg: &UploadConfig,
+    u: &Upload<'_>,
+    body: reqwest::Body,
+) -> Result<reqwest::RequestBuilder, String> {
+    let (name, len) = (&u.c.name, u.prep.body_len);
+    if let Some(field) = &cfg.form {
+        let (fname, mime) = if cfg.gzip {
+            (format!("{name}.gz"), "application/gzip")
+        } else {
+            (name.clone(), FileFormat::media_type_of(name))
+        };
+        let part = reqwest::multipart::Part::stream_with_length(body, len)
+            .file_name(fname)
+            .mime_str(mime)
+            .map_err(|e| e.to_string())?;
+        return Ok(req.multipart(reqwest::multipart::Form::new().part(field.clone(), part)));
+    }
+    let req = req
+        .header(header::CONTENT_TYPE, FileFormat::media_type_of(name))
+        .header(header::CONTENT_LENGTH, len)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        )
+        .header(
+            "content-digest",
+            format!("sha-256=:{}:", u.prep.body_sha_b64),
+        )
+        .body(body);
+    Ok(if cfg.gzip {
+        req.header(header::CONTENT_ENCODING, "gzip")
+    } else {
+        req
+    })
+}
+
+/// Sends the request and reads (a bounded part of) the response, so the connection can be
+/// reused and an error says what the receiver said.
+async fn exchange(req: reqwest::RequestBuilder, redactor: &Redactor) -> Attempt {
+    let transport = |e: &reqwest::Error| {
+        let (k, m) = classify_reqwest(e, redactor);
+        Attempt::Transport(k, m)
+    };
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return transport(&e),
+    };
+    let code = resp.status().as_u16();
+    let ok = (200..300).contains(&code);
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(ch)) => {
+                let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
+                body.extend_from_slice(&ch[..ch.len().min(room)]);
+            }
+            Ok(None) => break,
+            // The status is what counts; a body cut short after a 2xx changes nothing.
+            Err(_) if ok => break,
+            Err(e) => return transport(&e),
+        }
+    }
+    let body = if ok {
+        String::new()
+    } else {
+        let t: String = String::from_utf8_lossy(&body)
+            .chars()
+            .map(|ch| if ch.is_control() { ' ' } else { ch })
+            .collect();
+        redactor.scrub(t.trim())
+    };
+    Attempt::Status {
+        code,
+        retry_after,
+        body,
+    }
+}
+
+/// Maps a reqwest error to a transport class and a message with no URL and no secret in it.
+fn classify_reqwest(e: &reqwest::Error, r: &Redactor) -> (TransportError, String) {
+    let mut chain = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    let detail = chain.join(": ");
+    let lower = detail.to_ascii_lowercase();
+    let kind = if e.is_timeout() {
+        TransportError::Timeout
+    } else if lower.contains("certificate") || lower.contains("invalidcertificate") {
+        TransportError::Certificate
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        TransportError::Dns
+    } else if e.is_connect() {
+        TransportError::Connect
+    } else if e.is_request() || e.is_body() {
+        TransportError::Broken
+    } else {
+        TransportError::Other
+    };
+    let what = match kind {
+        TransportError::Timeout => "timed out (the attempt's budget ran out)",
+        TransportError::Certificate => "TLS certificate rejected (use --ca-file for a private CA)",
+        TransportError::Dns => "cannot resolve the receiver's host name",
+        TransportError::Connect => "cannot connect to the receiver",
+        TransportError::Broken => "connection broken during the request",
+        TransportError::Other => "request failed",
+    };
+    let msg = if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    };
+    (kind, r.scrub(&msg))
+}
