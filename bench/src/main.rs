@@ -10,6 +10,7 @@ mod gen;
 mod pcapcount;
 mod report;
 mod runner;
+mod stop;
 mod tools;
 
 use std::collections::HashMap;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Some("gen") => cmd_gen(&args[1..]),
         Some("run") => cmd_run(&args[1..], false),
         Some("ci") => cmd_run(&args[1..], true),
+        Some("stop") => cmd_stop(&args[1..]).map(|md| println!("{md}")),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -94,6 +96,49 @@ fn cmd_gen(args: &[String]) -> Result<(), String> {
     let r = gen::run(&a)?;
     println!("sent={} secs={:.6}", r.sent, r.elapsed.as_secs_f64());
     Ok(())
+}
+
+/// The stop scenarios alone (also part of `run` and `ci`): tools interleaved rep by rep.
+fn cmd_stop(args: &[String]) -> Result<String, String> {
+    let m = flags(args)?;
+    let sidecap = m
+        .get("sidecap")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../target/release/sidecap"));
+    let reps: u32 = num(&m, "reps", 5)?;
+    let tools = vec![Tool::Sidecap, Tool::Tcpdump];
+    let work = PathBuf::from(format!("/var/tmp/sidecap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let runs = stop_runs(&sidecap, &work, port, &tools, reps)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(stop::markdown(&runs, &tools) + "\n" + &stop::csv(&runs))
+}
+
+fn stop_runs(
+    sidecap: &Path,
+    work: &Path,
+    port: u16,
+    tools: &[Tool],
+    reps: u32,
+) -> Result<Vec<stop::StopRun>, String> {
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        for burst in [false, true] {
+            let mut order = tools.to_vec();
+            let k = rep as usize % order.len().max(1);
+            order.rotate_left(k);
+            for &t in &order {
+                let r = stop::run_one(sidecap, work, port, t, burst, rep)?;
+                eprintln!(
+                    "stop {:<6} {:<8} rep {rep}: {:>6.1} ms, kept {}/{} (signal {} us after the last send), exit {}",
+                    r.case, r.tool, r.latency_ms, r.kept, r.sent, r.signal_after_us, r.exit_code
+                );
+                runs.push(r);
+            }
+        }
+    }
+    Ok(runs)
 }
 
 fn manifest_dir() -> PathBuf {

@@ -28,12 +28,18 @@ use crate::process::{drain_waker, Shutdown};
 /// Size of one write buffer: big sequential writes, ~4700 small packets per syscall.
 pub const BUF_SIZE: usize = 1 << 20;
 /// TPACKET_V3 block retire timeout: the longest a packet waits in a partly filled kernel
-/// block before user space can see it. Also bounds shutdown latency on a quiet link.
-const BLOCK_TIMEOUT_MS: i32 = 100;
-/// On shutdown, keep reading until the ring has been quiet this long (longer than a block
-/// retire timeout, so a partly filled block is seen) ...
-const DRAIN_QUIET: Duration = Duration::from_millis(250);
-/// ... but never longer than this under a constant flood.
+/// block before user space can see it, so it bounds how long a stop waits for the last packets.
+/// The kernel arms this timer per block and refreshes it while the block is empty, so an idle
+/// link costs a kernel timer tick every 10 ms and no wake-up of ours; a trickle of traffic costs
+/// at most 100 wake-ups a second (measured in docs/benchmarks.md). At 100 ms a stop right after a
+/// burst waited ~100 ms for the block holding the burst's tail.
+const BLOCK_TIMEOUT_MS: i32 = 10;
+/// On a stop, a packet that arrived before it is visible at the latest this long after it: the
+/// retire timeout rounded up to the kernel's clock tick (4 ms at HZ=250, 10 ms at HZ=100), plus
+/// slack for the timer and our wake-up.
+const RETIRE_WAIT: Duration = Duration::from_millis(BLOCK_TIMEOUT_MS as u64 + 20);
+/// Under a constant flood the drain ends on the first packet stamped after the stop; this
+/// bounds it should timestamps not tell (a clock step).
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub struct Source {
@@ -364,18 +370,96 @@ struct Stats {
     recv: WrappingCounter,
     drop: WrappingCounter,
     ifdrop: WrappingCounter,
+    /// The kernel's received count and when it was first seen at that value: every packet it
+    /// counts arrived before then.
+    seen: Option<(Instant, u64)>,
 }
 
 impl Stats {
-    fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) {
-        if let Ok(s) = cap.stats() {
-            m.kernel_received
-                .store(self.recv.update(s.received), Relaxed);
-            m.kernel_dropped.store(self.drop.update(s.dropped), Relaxed);
-            m.interface_dropped
-                .store(self.ifdrop.update(s.if_dropped), Relaxed);
+    /// Reads the kernel's counters into the metrics; returns the received count.
+    fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> Option<u64> {
+        let s = cap.stats().ok()?;
+        let recv = self.recv.update(s.received);
+        m.kernel_received.store(recv, Relaxed);
+        m.kernel_dropped.store(self.drop.update(s.dropped), Relaxed);
+        m.interface_dropped
+            .store(self.ifdrop.update(s.if_dropped), Relaxed);
+        if !matches!(self.seen, Some((_, r)) if r == recv) {
+            self.seen = Some((Instant::now(), recv));
+        }
+        Some(recv)
+    }
+
+    /// At a stop: has the kernel received nothing since a count at least [`RETIRE_WAIT`] old?
+    /// Then every packet it holds for us sits in a retired block, and one read empties the ring
+    /// (the idle case: no waiting at all). libpcap's count includes packets it discards in user
+    /// space (lo's outgoing copies), so only its changes tell, never its value.
+    fn settled(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> bool {
+        let before = self.seen;
+        let now = self.refresh(cap, m);
+        matches!((before, now), (Some((at, r0)), Some(r1)) if r0 == r1 && at.elapsed() >= RETIRE_WAIT)
+    }
+}
+
+/// After a stop: reads what the kernel holds for us, including the partly filled block it
+/// retires within [`RETIRE_WAIT`], and nothing that arrived after the stop once a packet says
+/// so. Returns the packets read.
+fn drain<F: Records>(
+    src: &mut Source,
+    cfg: &CaptureConfig,
+    b: &mut Batcher<F>,
+    stats: &mut Stats,
+    metrics: &CaptureMetrics,
+    mut total: u64,
+) -> u64 {
+    let start = total;
+    let now_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let frac = if cfg.nano {
+        now_wall.subsec_nanos()
+    } else {
+        now_wall.subsec_micros()
+    };
+    b.cutoff = Some((now_wall.as_secs() as u32, frac));
+    let t0 = Instant::now();
+    let settled = stats.settled(&mut src.cap, metrics);
+    let deadline = t0 + if settled { Duration::ZERO } else { RETIRE_WAIT };
+    while t0.elapsed() < DRAIN_MAX && !b.past_cutoff && !b.broken {
+        let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
+        if limit == Some(0) {
+            break;
+        }
+        b.poll_keylog();
+        let mark = b.batch_mark();
+        match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
+            Ok(0) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let ms = left.as_millis().clamp(1, 1000) as u16;
+                let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+            }
+            Ok(n) => {
+                b.poll_keylog_after(mark);
+                total += n as u64;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
+                break;
+            }
         }
     }
+    b.publish();
+    tracing::debug!(
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        settled,
+        packets = total - start,
+        "Drained the kernel ring."
+    );
+    total - start
 }
 
 /// Runs the capture loop until a stop condition, then drains what the kernel holds. Dropping
@@ -414,7 +498,9 @@ pub fn run_loop<F: Records>(
         recv: Default::default(),
         drop: Default::default(),
         ifdrop: Default::default(),
+        seen: None,
     };
+    stats.refresh(&mut src.cap, &metrics);
     let started = Instant::now();
     let stop_at = cfg.duration.map(|d| started + d);
     let mut next_flush = started + cfg.flush_interval;
@@ -502,7 +588,13 @@ pub fn run_loop<F: Records>(
             PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
             PollFd::new(waker.as_fd(), PollFlags::POLLIN),
         ];
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+        let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+        match polled {
+            // Idle: a cheap look at the kernel's count lets a stop skip the retire wait.
+            Ok(0) => {
+                stats.refresh(&mut src.cap, &metrics);
+            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 error = Some(format!("poll failed: {e}"));
@@ -510,56 +602,13 @@ pub fn run_loop<F: Records>(
                 break;
             }
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if woken {
             drain_waker(&mut waker);
         }
     }
 
-    // Drain: what the kernel already holds for us, bounded in time.
     if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
-        let now_wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let frac = if cfg.nano {
-            now_wall.subsec_nanos()
-        } else {
-            now_wall.subsec_micros()
-        };
-        b.cutoff = Some((now_wall.as_secs() as u32, frac));
-        let t0 = Instant::now();
-        let mut quiet_since = t0;
-        while t0.elapsed() < DRAIN_MAX
-            && quiet_since.elapsed() < DRAIN_QUIET
-            && !b.past_cutoff
-            && !b.broken
-        {
-            let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
-            if limit == Some(0) {
-                break;
-            }
-            b.poll_keylog();
-            let mark = b.batch_mark();
-            match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
-                Ok(0) => {
-                    let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
-                    let _ = nix::poll::poll(&mut fds, PollTimeout::from(20u16));
-                }
-                Ok(n) => {
-                    b.poll_keylog_after(mark);
-                    total += n as u64;
-                    quiet_since = Instant::now();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
-                    break;
-                }
-            }
-        }
-        b.publish();
-        tracing::debug!(
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "Drained the kernel ring."
-        );
+        total += drain(&mut src, cfg, &mut b, &mut stats, &metrics, total);
     }
     stats.refresh(&mut src.cap, &metrics);
     b.hand_over();
