@@ -36,6 +36,7 @@ pub struct CaptureConfig {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub flush_interval: Duration,
+    pub fsync: crate::cli::Fsync,
     /// Write buffers the queue may hold (queue size / buffer size).
     pub queue_buffers: usize,
     pub nano: bool,
@@ -191,6 +192,7 @@ impl CaptureConfig {
             count: a.count,
             duration,
             flush_interval,
+            fsync: a.fsync,
             queue_buffers,
             nano: a.time_precision == TimePrecision::Nano,
             listen,

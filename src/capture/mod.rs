@@ -191,14 +191,12 @@ fn open_sink(
         return Ok(Sink::Stdout(s));
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
-    let writer =
-        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
-            match e.io_kind() {
-                io::ErrorKind::PermissionDenied => {
-                    dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
-                }
-                _ => CaptureError::Io(e.to_string()),
+    let writer = Writer::create(layout.clone(), framing, ring, cfg.fsync, metrics.clone())
+        .map_err(|e| match e.io_kind() {
+            io::ErrorKind::PermissionDenied => {
+                dir_error(&cfg.dir, &io::Error::from(io::ErrorKind::PermissionDenied))
             }
+            _ => CaptureError::Io(e.to_string()),
         })?;
     Ok(Sink::Files(Box::new(writer)))
 }

@@ -409,6 +409,41 @@ fn stop_is_prompt_idle_and_right_after_a_burst_and_keeps_every_packet() {
     }
 }
 
+fn thread_names(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// Issue 17: every flush tick ran fdatasync (~10% CPU at 1400 B) although it buys nothing
+/// against SIGKILL. By default nothing is fsynced; `--fsync interval` brings the flush-tick
+/// fdatasync (and its thread) back.
+#[test]
+fn flush_ticks_fdatasync_only_with_fsync_interval() {
+    require_root();
+    for (args, want) in [(&[][..], false), (&["--fsync", "interval"][..], true)] {
+        let dir = tempdir();
+        let port = unique_port();
+        let mut cmd = capture_cmd(dir.path(), "lo");
+        cmd.args(args)
+            .args(["--flush-interval", "50ms", &filter(port)]);
+        let (p, _addr) = start_capture(&mut cmd);
+        send_udp(port, 100, 100);
+        std::thread::sleep(Duration::from_millis(200));
+        let names = thread_names(p.pid());
+        assert_eq!(
+            names.iter().any(|n| n == "fsync"),
+            want,
+            "{args:?}: {names:?}"
+        );
+        let (code, _) = stop(p);
+        assert_eq!(code, 0);
+        assert_eq!(all_seqs(dir.path(), port), (0..100).collect::<Vec<_>>());
+    }
+}
+
 #[test]
 fn second_sigterm_exits_at_once_with_130() {
     require_root();
