@@ -424,7 +424,12 @@ fn drain<F: Records>(
     b.cutoff = Some((now_wall.as_secs() as u32, frac));
     let t0 = Instant::now();
     let settled = stats.settled(&mut src.cap, metrics);
+    let at_stop = stats.seen.map(|(_, r)| r);
     let deadline = t0 + if settled { Duration::ZERO } else { RETIRE_WAIT };
+    // The ring was read empty once: a block that shows up after that was retired by the timer
+    // (a block fills only as a packet arrives), and a timer retires the block being filled, so
+    // if no packet has arrived since the stop, it held the last of them.
+    let mut emptied = false;
     while t0.elapsed() < DRAIN_MAX && !b.past_cutoff && !b.broken {
         let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
         if limit == Some(0) {
@@ -434,6 +439,7 @@ fn drain<F: Records>(
         let mark = b.batch_mark();
         match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
             Ok(0) => {
+                emptied = true;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -445,6 +451,9 @@ fn drain<F: Records>(
             Ok(n) => {
                 b.poll_keylog_after(mark);
                 total += n as u64;
+                if emptied && at_stop.is_some() && stats.refresh(&mut src.cap, metrics) == at_stop {
+                    break;
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
