@@ -390,14 +390,16 @@ impl Stats {
         Some(recv)
     }
 
-    /// At a stop: has the kernel received nothing since a count at least [`RETIRE_WAIT`] old?
-    /// Then every packet it holds for us sits in a retired block, and one read empties the ring
-    /// (the idle case: no waiting at all). libpcap's count includes packets it discards in user
-    /// space (lo's outgoing copies), so only its changes tell, never its value.
-    fn settled(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> bool {
-        let before = self.seen;
-        let now = self.refresh(cap, m);
-        matches!((before, now), (Some((at, r0)), Some(r1)) if r0 == r1 && at.elapsed() >= RETIRE_WAIT)
+    /// At a stop: when everything the kernel has received for us is visible. The packets its
+    /// count includes arrived before the count was first seen at that value, so they sit in
+    /// retired blocks [`RETIRE_WAIT`] later; the main loop looks at the count every time it has
+    /// read the ring empty, so after an idle spell or a burst that ended a moment before the
+    /// stop, that moment has passed and the drain waits for nothing. libpcap's count includes
+    /// packets it discards in user space (lo's outgoing copies), so only its changes tell,
+    /// never its value.
+    fn all_visible_at(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> Instant {
+        self.refresh(cap, m);
+        self.seen.map_or_else(Instant::now, |(at, _)| at) + RETIRE_WAIT
     }
 }
 
@@ -423,9 +425,9 @@ fn drain<F: Records>(
     };
     b.cutoff = Some((now_wall.as_secs() as u32, frac));
     let t0 = Instant::now();
-    let settled = stats.settled(&mut src.cap, metrics);
+    let deadline = stats.all_visible_at(&mut src.cap, metrics);
+    let settled = deadline <= t0;
     let at_stop = stats.seen.map(|(_, r)| r);
-    let deadline = t0 + if settled { Duration::ZERO } else { RETIRE_WAIT };
     // The ring was read empty once: a block that shows up after that was retired by the timer
     // (a block fills only as a packet arrives), and a timer retires the block being filled, so
     // if no packet has arrived since the stop, it held the last of them.
@@ -581,6 +583,10 @@ pub fn run_loop<F: Records>(
         if n > 0 {
             continue;
         }
+        // The ring is read empty: the kernel's count now dates the packets it holds for us,
+        // which lets a stop skip the retire wait (see Stats::all_visible_at). One getsockopt per
+        // wake-up, never per packet.
+        stats.refresh(&mut src.cap, &metrics);
         // Nothing to read: sleep until data, a signal, or the next timer.
         let mut wake = next_flush;
         if let Some(t) = stop_at {
@@ -600,10 +606,6 @@ pub fn run_loop<F: Records>(
         let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
         let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
         match polled {
-            // Idle: a cheap look at the kernel's count lets a stop skip the retire wait.
-            Ok(0) => {
-                stats.refresh(&mut src.cap, &metrics);
-            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 error = Some(format!("poll failed: {e}"));
