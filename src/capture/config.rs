@@ -263,6 +263,11 @@ mod tests {
         assert!(c.promisc);
         assert_eq!(c.rotate, RotatePolicy::default());
         assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.fsync, crate::cli::Fsync::None);
+        assert_eq!(
+            cfg(&["--fsync", "rotate"]).unwrap().fsync,
+            crate::cli::Fsync::Rotate
+        );
         assert_eq!(c.queue_buffers, 64);
         assert!(c.filter.is_none());
         assert!(!c.quiet && !c.stdout);

@@ -423,7 +423,11 @@ fn thread_names(pid: i32) -> Vec<String> {
 #[test]
 fn flush_ticks_fdatasync_only_with_fsync_interval() {
     require_root();
-    for (args, want) in [(&[][..], false), (&["--fsync", "interval"][..], true)] {
+    for (args, want) in [
+        (&[][..], false),
+        (&["--fsync", "rotate"][..], false),
+        (&["--fsync", "interval"][..], true),
+    ] {
         let dir = tempdir();
         let port = unique_port();
         let mut cmd = capture_cmd(dir.path(), "lo");
