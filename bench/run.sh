@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The full capture benchmark (issue 5): sidecap vs tcpdump (and dumpcap when installed), every
-# scenario, 3 repetitions. Writes bench/results/{latest.md,latest.csv,runs.csv,plot.svg}.
-# Run as root on an otherwise idle machine; takes about 25 minutes. Extra arguments go to
-# `sidecap-bench run` (e.g. --reps 1 --only lo-sat-64,lo-rate-100k-64 --tools sidecap,tcpdump).
+# The full capture benchmark (issues 5, 17): sidecap vs tcpdump, interleaved rep by rep, 64/512/1400 B
+# on lo, a veth in a netns and -i any (5 repetitions), a 3x longer run for RSS, and the stop
+# scenarios (idle, burst then SIGTERM). Writes bench/results/{latest.md,latest.csv,runs.csv,
+# stop.csv,plot.svg} (or --out DIR). Run as root on an otherwise idle machine: about 10 minutes.
+# Extra arguments go to `sidecap-bench run` (e.g. --out bench/results/run-a, --drop-caches,
+# --extra for the rate/sat2/rotation/slow-disk scenarios, --only NAME,.., --tools sidecap,tcpdump,dumpcap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,8 +17,10 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --bins
-cargo build --release --locked --manifest-path bench/Cargo.toml
-bench/target/release/sidecap-bench run "$@" &
+# The bench crate uses the library's pcap walkers: built into the root target/ it reuses the
+# dependencies `cargo build --release` just built.
+cargo build --release --locked --manifest-path bench/Cargo.toml --target-dir target
+target/release/sidecap-bench run "$@" &
 pid=$!
 # The runner cleans up after itself; this covers an interrupted run (namespaces, the frozen
 # loop-mounted file system of the slow-disk scenario, the work directory).

@@ -53,6 +53,18 @@ pub enum Command {
     Repair(crate::repair::RepairArgs),
 }
 
+/// When the capture fsyncs its files (`--fsync`); what each protects is in docs/capture.md.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Never: written data survives any end of the process (SIGKILL, OOM kill), not a node crash.
+    #[default]
+    None,
+    /// Before a finished file is renamed to `.pcap`, and the directory after it.
+    Rotate,
+    /// As `rotate`, and fdatasync the file being written on every `--flush-interval` tick.
+    Interval,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimePrecision {
     Micro,
@@ -133,10 +145,17 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_DURATION")]
     pub duration: Option<String>,
 
-    /// Hand captured data to the kernel (write) at least this often, and fdatasync it: at most
-    /// this much captured data is lost to a SIGKILL or a node crash.
+    /// Hand captured data to the kernel (write) at least this often: at most this much captured
+    /// data is lost to a SIGKILL (with `--fsync interval`, to a node crash too).
     #[arg(long, env = "SIDECAP_FLUSH_INTERVAL", default_value = "1s")]
     pub flush_interval: String,
+
+    /// When to fsync: `none` (written data survives SIGKILL and OOM kills; a node crash, which an
+    /// emptyDir does not survive anyway, may lose it), `rotate` (also finished files and the
+    /// done marker survive a node crash), `interval` (also the file being written, up to one
+    /// `--flush-interval`; costs ~10% CPU at 1400 B packets).
+    #[arg(long, env = "SIDECAP_FSYNC", value_enum, default_value_t = Fsync::None)]
+    pub fsync: Fsync,
 
     /// Memory for packets waiting to be written (absorbs disk stalls). Units accepted.
     #[arg(long, env = "SIDECAP_QUEUE_SIZE", default_value = "64MiB")]

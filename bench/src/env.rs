@@ -148,3 +148,61 @@ impl Drop for LoopFs {
         let _ = std::fs::remove_file(&self.image);
     }
 }
+
+/// CPU seconds the whole machine spent busy so far (every CPU's user, nice, system, irq,
+/// softirq and steal time in /proc/stat): kernel writeback charged to kworkers and the
+/// generator's share of the capture work show here and not in a tool's own CPU time.
+pub fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
+/// Memory state before a run, MiB: free, page cache, dirty (/proc/meminfo). A run that starts
+/// with little free memory pays for reclaim while writing; the tables carry it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemState {
+    pub free_mib: u64,
+    pub cached_mib: u64,
+    pub dirty_mib: u64,
+}
+
+pub fn mem_state() -> MemState {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    MemState {
+        free_mib: kib("MemFree") / 1024,
+        cached_mib: kib("Cached") / 1024,
+        dirty_mib: kib("Dirty") / 1024,
+    }
+}
+
+/// Starts the next run from the same memory state: write back what earlier runs left dirty
+/// (its writeback would otherwise be charged to whichever run comes next) and, with
+/// `drop_caches` (`--drop-caches`: on a machine of its own only, it empties everyone's page
+/// cache), drop clean page cache so free memory does not run out in one tool's run and not
+/// another's.
+pub fn settle_memory(drop_caches: bool) {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if drop_caches {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    }
+}

@@ -10,6 +10,7 @@ mod gen;
 mod pcapcount;
 mod report;
 mod runner;
+mod stop;
 mod tools;
 
 use std::collections::HashMap;
@@ -23,8 +24,10 @@ use tools::Tool;
 
 const USAGE: &str = "usage:
   sidecap-bench run [--reps N] [--tools sidecap,sidecap-pcapng,tcpdump,dumpcap] [--only NAME,..] [--quick]
+                    [--extra] [--drop-caches] [--stop-reps N]
                     [--sidecap PATH] [--out DIR] [--work DIR] [--buffer-mib N] [--snaplen N]
   sidecap-bench ci  [--sidecap PATH] [--out DIR] [--work DIR]
+  sidecap-bench stop [--reps N] [--sidecap PATH]
   sidecap-bench gen --dst IP:PORT --size BYTES --count N [--rate PPS] [--batch N] [--threads N]
                     [--sink-netns NAME] [--max-time SECS]
 Run as root (captures, network namespaces, a loop-mounted file system).";
@@ -36,7 +39,7 @@ fn flags(args: &[String]) -> Result<HashMap<String, String>, String> {
         let k = a
             .strip_prefix("--")
             .ok_or_else(|| format!("unexpected argument {a:?}\n{USAGE}"))?;
-        if k == "quick" {
+        if matches!(k, "quick" | "extra" | "drop-caches") {
             m.insert(k.to_string(), "1".into());
             continue;
         }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Some("gen") => cmd_gen(&args[1..]),
         Some("run") => cmd_run(&args[1..], false),
         Some("ci") => cmd_run(&args[1..], true),
+        Some("stop") => cmd_stop(&args[1..]).map(|md| println!("{md}")),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -94,6 +98,49 @@ fn cmd_gen(args: &[String]) -> Result<(), String> {
     let r = gen::run(&a)?;
     println!("sent={} secs={:.6}", r.sent, r.elapsed.as_secs_f64());
     Ok(())
+}
+
+/// The stop scenarios alone (also part of `run` and `ci`): tools interleaved rep by rep.
+fn cmd_stop(args: &[String]) -> Result<String, String> {
+    let m = flags(args)?;
+    let sidecap = m
+        .get("sidecap")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../target/release/sidecap"));
+    let reps: u32 = num(&m, "reps", 5)?;
+    let tools = vec![Tool::Sidecap, Tool::Tcpdump];
+    let work = PathBuf::from(format!("/var/tmp/sidecap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let runs = stop_runs(&sidecap, &work, port, &tools, reps)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(stop::markdown(&runs, &tools) + "\n" + &stop::csv(&runs))
+}
+
+fn stop_runs(
+    sidecap: &Path,
+    work: &Path,
+    port: u16,
+    tools: &[Tool],
+    reps: u32,
+) -> Result<Vec<stop::StopRun>, String> {
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        for burst in [false, true] {
+            let mut order = tools.to_vec();
+            let k = rep as usize % order.len().max(1);
+            order.rotate_left(k);
+            for &t in &order {
+                let r = stop::run_one(sidecap, work, port, t, burst, rep)?;
+                eprintln!(
+                    "stop {:<6} {:<8} rep {rep}: {:>6.1} ms, kept {}/{} (signal {} us after the last send), exit {}",
+                    r.case, r.tool, r.latency_ms, r.kept, r.sent, r.signal_after_us, r.exit_code
+                );
+                runs.push(r);
+            }
+        }
+    }
+    Ok(runs)
 }
 
 fn manifest_dir() -> PathBuf {
@@ -173,12 +220,15 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
         .get("work")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/sidecap-bench-{}", std::process::id())));
-    let reps: u32 = if ci { 1 } else { num(&m, "reps", 3)? };
+    let reps: u32 = if ci { 1 } else { num(&m, "reps", 5)? };
     let mut scenarios = if ci {
         runner::ci_scenarios()
     } else {
         runner::full_scenarios()
     };
+    if m.contains_key("extra") || m.contains_key("only") {
+        scenarios.extend(runner::extra_scenarios());
+    }
     if m.contains_key("quick") {
         // A smoke run of the full set: a tenth of the packets.
         for s in scenarios.iter_mut() {
@@ -192,11 +242,8 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
             return Err(format!("--only {only}: no such scenario"));
         }
     }
-    let default_tools = if ci {
-        "sidecap,tcpdump"
-    } else {
-        "sidecap,tcpdump,dumpcap"
-    };
+    // dumpcap costs ~2.5x tcpdump (it is in results/run1); `--tools` adds it back.
+    let default_tools = "sidecap,tcpdump";
     let mut tools = Vec::new();
     for t in m
         .get("tools")
@@ -243,6 +290,7 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
         snaplen: num(&m, "snaplen", 262_144)?,
         buffer_mib: num(&m, "buffer-mib", 32)?,
         check: ci,
+        drop_caches: m.contains_key("drop-caches"),
     };
     let fs_desc = fs_type(&work);
     let started = Instant::now();
@@ -258,10 +306,13 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
     );
     let mut runs: Vec<RunResult> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
-    let total = scenarios.len() * reps as usize * tools.len();
+    let total: usize = scenarios
+        .iter()
+        .map(|s| s.reps.unwrap_or(reps) as usize * tools.len())
+        .sum();
     let mut done = 0;
     for sc in &scenarios {
-        for rep in 0..reps {
+        for rep in 0..sc.reps.unwrap_or(reps) {
             // Rotate the order per repetition so no tool always runs first (or right after
             // another tool's files were written).
             let mut order = tools.clone();
@@ -273,7 +324,7 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
                 match runner::run_one(&ctx, sc, tool, rep) {
                     Ok(r) => {
                         eprintln!(
-                            "[{done}/{total}] {:<24} {:<8} rep {rep}: sent {:>9} ({:>5.0} kpps) captured {:>9} ({:>7.3}%) drops {:>8} cpu {:>6.3}s ({:.3} s/Mpkt) rss {:>6.1} MiB  [{:.1}s]{}",
+                            "[{done}/{total}] {:<24} {:<8} rep {rep}: sent {:>9} ({:>5.0} kpps) captured {:>9} ({:>7.3}%) drops {:>8} cpu {:>6.3}s ({:.3} s/Mpkt, machine {:.3}) rss {:>6.1} MiB free {} MiB dirty {} MiB stop {:.0} ms [{:.1}s]{}",
                             sc.name,
                             tool.name(),
                             r.sent,
@@ -283,7 +334,11 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
                             r.drops.map(|d| d.to_string()).unwrap_or("-".into()),
                             r.cpu_secs,
                             r.cpu_per_mpkt(),
+                            r.machine_per_mpkt(),
                             r.rss_kib as f64 / 1024.0,
+                            r.mem.free_mib,
+                            r.mem.dirty_mib,
+                            r.stop_ms,
                             t0.elapsed().as_secs_f64(),
                             if r.problems.is_empty() { String::new() } else { format!("  PROBLEMS: {}", r.problems.join("; ")) }
                         );
@@ -304,9 +359,39 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
             }
         }
     }
+    let stop_tools: Vec<Tool> = [Tool::Sidecap, Tool::Tcpdump]
+        .into_iter()
+        .filter(|t| tools.contains(t))
+        .collect();
+    let stop_reps = num(&m, "stop-reps", if ci { 3 } else { 5 })?;
+    let stops = if stop_tools.len() == 2 && stop_reps > 0 && !m.contains_key("only") {
+        match stop_runs(&ctx.sidecap, &work, ctx.port, &stop_tools, stop_reps) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("stop scenarios: {e}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    for r in stops.iter().filter(|r| r.tool == "sidecap") {
+        if r.kept != r.sent || r.exit_code != 0 {
+            failures.push(format!(
+                "stop {} rep {}: sidecap kept {} of {} packets sent before SIGTERM, exit {}",
+                r.case, r.rep, r.kept, r.sent, r.exit_code
+            ));
+        }
+    }
     drop(ctx);
     let _ = std::fs::remove_dir_all(&work);
 
+    let paired = report::paired(&scenarios, &runs);
+    let gate = if ci {
+        report::gate(&scenarios, &paired)
+    } else {
+        Vec::new()
+    };
     let aggs = report::aggregate(&scenarios, &runs);
     let mut md = format!(
         "# sidecap capture benchmark\n\n- Machine: {}\n- Load average before / after: {} / {} (the machine is shared: numbers are noisy; medians of {reps} repetition(s))\n- Tools: {}; `{}`; `{}`\n- Same for every tool: snaplen {}, kernel buffer {} MiB, BPF filter `udp dst port <port>`, output on {}\n- Command: `{}`\n- Finished: {} after {:.0} s\n\n",
@@ -323,6 +408,22 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
         first_line(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         started.elapsed().as_secs_f64(),
     );
+    md += &report::paired_markdown(&paired);
+    md += "\n";
+    if !stops.is_empty() {
+        md += &stop::markdown(&stops, &stop_tools);
+        md += "\n";
+    }
+    if ci {
+        md += &format!(
+            "CI gate: median same-run CPU ratio sidecap/tcpdump <= {} on {}; sidecap captures no fewer packets than tcpdump (slack {}% of sent) on {}: {}\n\n",
+            runner::CPU_GATE_64,
+            scenarios.iter().filter(|s| s.cpu_gate.is_some()).map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            report::CAPTURE_SLACK * 100.0,
+            scenarios.iter().filter(|s| s.capture_gate).map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            if gate.is_empty() { "pass".to_string() } else { format!("FAIL: {}", gate.join("; ")) }
+        );
+    }
     md += &report::markdown(&scenarios, &aggs);
     if !failures.is_empty() {
         md += "\nProblems:\n\n";
@@ -337,17 +438,23 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
     w("latest.md", &md)?;
     w("latest.csv", &report::agg_csv(&aggs))?;
     w("runs.csv", &report::runs_csv(&runs))?;
+    if !stops.is_empty() {
+        w("stop.csv", &stop::csv(&stops))?;
+    }
     if let Err(e) = report::plot(&aggs, &out.join("plot.svg")) {
         eprintln!("note: plot failed: {e}");
     }
     println!("{md}");
     println!("(written to {})", out.display());
-    if ci && !failures.is_empty() {
+    if !failures.is_empty() {
         return Err(format!(
-            "{} correctness problem(s):\n{}",
+            "{} correctness problem(s) (results are written):\n{}",
             failures.len(),
             failures.join("\n")
         ));
+    }
+    if !gate.is_empty() {
+        return Err(format!("CI gate failed:\n{}", gate.join("\n")));
     }
     if runs.is_empty() {
         return Err("no run succeeded".into());

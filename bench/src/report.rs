@@ -75,12 +75,12 @@ pub fn aggregate(scenarios: &[Scenario], runs: &[RunResult]) -> Vec<Agg> {
 }
 
 pub fn runs_csv(runs: &[RunResult]) -> String {
-    let mut s = String::from("scenario,tool,rep,sent,gen_secs,offered_pps,wire_rx,captured,capture_ratio,kernel_drops_reported,cpu_secs,cpu_s_per_mpkt,peak_rss_kib,bytes_written,write_mb_per_s,files,exit_code,metrics_written,marker_written,problems\n");
+    let mut s = String::from("scenario,tool,rep,sent,gen_secs,offered_pps,wire_rx,captured,capture_ratio,kernel_drops_reported,cpu_secs,cpu_s_per_mpkt,peak_rss_kib,bytes_written,write_mb_per_s,files,exit_code,metrics_written,marker_written,machine_busy_secs,machine_s_per_mpkt,mem_free_mib,mem_cached_mib,mem_dirty_mib,loadavg,stop_ms,problems\n");
     for r in runs {
         let o = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.3},{:.0},{},{},{:.6},{},{:.3},{:.4},{},{},{:.2},{},{},{},{},\"{}\"",
+            "{},{},{},{},{:.3},{:.0},{},{},{:.6},{},{:.3},{:.4},{},{},{:.2},{},{},{},{},{:.3},{:.4},{},{},{},{},{:.1},\"{}\"",
             r.scenario,
             r.tool,
             r.rep,
@@ -100,6 +100,13 @@ pub fn runs_csv(runs: &[RunResult]) -> String {
             r.exit_code,
             o(r.metrics_written),
             o(r.marker_written),
+            r.machine_secs,
+            r.machine_per_mpkt(),
+            r.mem.free_mib,
+            r.mem.cached_mib,
+            r.mem.dirty_mib,
+            r.load,
+            r.stop_ms,
             r.problems.join("; ").replace('"', "'"),
         );
     }
@@ -331,4 +338,152 @@ pub fn plot(aggs: &[Agg], path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// sidecap against tcpdump in the same repetition (the two ran back to back under the same
+/// load and memory state): the ratios a claim and the CI gate rest on.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    pub scenario: String,
+    pub reps: usize,
+    pub offered_kpps: f64,
+    /// Per-repetition CPU per captured packet, sidecap / tcpdump: min, median, max.
+    pub cpu: (f64, f64, f64),
+    /// The same with the whole machine's busy CPU over each run.
+    pub machine: (f64, f64, f64),
+    pub sent: u64,
+    pub captured_sidecap: u64,
+    pub captured_tcpdump: u64,
+    pub rss_mib_sidecap: f64,
+    pub rss_mib_tcpdump: f64,
+    pub mem_free_mib: (u64, u64),
+    pub mem_dirty_mib: (u64, u64),
+}
+
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[0], median(v.clone()), v[v.len() - 1])
+}
+
+pub fn paired(scenarios: &[Scenario], runs: &[RunResult]) -> Vec<Paired> {
+    let mut out = Vec::new();
+    for sc in scenarios {
+        let of = |t: &str| -> Vec<&RunResult> {
+            runs.iter()
+                .filter(|r| r.scenario == sc.name && r.tool == t)
+                .collect()
+        };
+        let (side, tcp) = (of("sidecap"), of("tcpdump"));
+        let pairs: Vec<(&RunResult, &RunResult)> = side
+            .iter()
+            .filter_map(|a| Some((*a, *tcp.iter().find(|b| b.rep == a.rep)?)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let both = || pairs.iter().flat_map(|(a, b)| [*a, *b]);
+        out.push(Paired {
+            scenario: sc.name.clone(),
+            reps: pairs.len(),
+            offered_kpps: median(both().map(|r| r.offered_pps() / 1e3).collect()),
+            cpu: spread(
+                pairs
+                    .iter()
+                    .map(|(a, b)| a.cpu_per_mpkt() / b.cpu_per_mpkt())
+                    .collect(),
+            ),
+            machine: spread(
+                pairs
+                    .iter()
+                    .map(|(a, b)| a.machine_per_mpkt() / b.machine_per_mpkt())
+                    .collect(),
+            ),
+            sent: pairs.iter().map(|(a, b)| a.sent.min(b.sent)).sum(),
+            captured_sidecap: pairs.iter().map(|(a, _)| a.captured).sum(),
+            captured_tcpdump: pairs.iter().map(|(_, b)| b.captured).sum(),
+            rss_mib_sidecap: pairs.iter().map(|(a, _)| a.rss_kib).max().unwrap_or(0) as f64
+                / 1024.0,
+            rss_mib_tcpdump: pairs.iter().map(|(_, b)| b.rss_kib).max().unwrap_or(0) as f64
+                / 1024.0,
+            mem_free_mib: (
+                both().map(|r| r.mem.free_mib).min().unwrap_or(0),
+                both().map(|r| r.mem.free_mib).max().unwrap_or(0),
+            ),
+            mem_dirty_mib: (
+                both().map(|r| r.mem.dirty_mib).min().unwrap_or(0),
+                both().map(|r| r.mem.dirty_mib).max().unwrap_or(0),
+            ),
+        });
+    }
+    out
+}
+
+pub fn paired_markdown(p: &[Paired]) -> String {
+    let mut s = String::from(
+        "Same-run ratios, sidecap / tcpdump: in every repetition the two ran back to back \
+         (order alternating), and each ratio is taken within one repetition, then min / **median** \
+         / max over the repetitions. CPU = the tool's own CPU (user + system, all threads, from \
+         `wait4`) per captured packet; machine = the whole machine's busy CPU (/proc/stat) from \
+         the start of the load to the tool's exit, per captured packet (it includes the \
+         generator and kernel writeback). Captured = packets in the files, summed over the \
+         repetitions.\n\n\
+         | scenario | reps | offered kpps | CPU / pkt ratio | machine CPU / pkt ratio | captured sidecap | captured tcpdump | peak RSS MiB sidecap / tcpdump | free MiB before (min-max) | dirty MiB before |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for x in p {
+        let f = |(a, b, c): (f64, f64, f64)| format!("{a:.2} / **{b:.2}** / {c:.2}");
+        let pc = |n: u64| format!("{:.2}%", n as f64 * 100.0 / x.sent.max(1) as f64);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} / {:.1} | {}-{} | {}-{} |",
+            x.scenario,
+            x.reps,
+            x.offered_kpps,
+            f(x.cpu),
+            f(x.machine),
+            pc(x.captured_sidecap),
+            pc(x.captured_tcpdump),
+            x.rss_mib_sidecap,
+            x.rss_mib_tcpdump,
+            x.mem_free_mib.0,
+            x.mem_free_mib.1,
+            x.mem_dirty_mib.0,
+            x.mem_dirty_mib.1,
+        );
+    }
+    s
+}
+
+/// Capturing fewer packets than tcpdump: more than this fraction of the packets sent.
+pub const CAPTURE_SLACK: f64 = 0.001;
+
+/// Why the gated scenarios fail, if they do.
+pub fn gate(scenarios: &[Scenario], p: &[Paired]) -> Vec<String> {
+    let mut fails = Vec::new();
+    for sc in scenarios
+        .iter()
+        .filter(|s| s.cpu_gate.is_some() || s.capture_gate)
+    {
+        let Some(x) = p.iter().find(|x| x.scenario == sc.name) else {
+            fails.push(format!("{}: no sidecap/tcpdump pair ran", sc.name));
+            continue;
+        };
+        if let Some(g) = sc.cpu_gate.filter(|g| x.cpu.1 > *g) {
+            fails.push(format!(
+                "{}: sidecap's CPU per packet is {:.2}x tcpdump's (median of {} same-run ratios; gate {g}x)",
+                x.scenario, x.cpu.1, x.reps
+            ));
+        }
+        let slack = (x.sent as f64 * CAPTURE_SLACK) as u64;
+        if sc.capture_gate && x.captured_sidecap + slack < x.captured_tcpdump {
+            fails.push(format!(
+                "{}: sidecap captured {} packets, tcpdump {} (of {} sent)",
+                x.scenario, x.captured_sidecap, x.captured_tcpdump, x.sent
+            ));
+        }
+    }
+    fails
 }

@@ -38,6 +38,12 @@ pub struct Scenario {
     pub rotate_mb: Option<u32>,
     /// Freeze the output file system for .0 ms every .1 ms (a stalled disk).
     pub stall: Option<(u64, u64)>,
+    /// Repetitions of this scenario; None = the run's --reps.
+    pub reps: Option<u32>,
+    /// `ci` fails when the median same-run CPU ratio sidecap/tcpdump is above this.
+    pub cpu_gate: Option<f64>,
+    /// `ci` fails when sidecap captures fewer packets than tcpdump here.
+    pub capture_gate: bool,
 }
 
 impl Scenario {
@@ -52,6 +58,9 @@ impl Scenario {
             buffer_mib: None,
             rotate_mb: None,
             stall: None,
+            reps: None,
+            cpu_gate: None,
+            capture_gate: false,
         }
     }
 
@@ -82,25 +91,50 @@ impl Scenario {
     }
 }
 
+/// The CI gate on the median of 5 same-run CPU ratios sidecap/tcpdump at 64 B on `lo`. Measured
+/// medians: 0.55-0.75 on quiet and loaded machines (issue 17, docs/benchmarks.md; single
+/// repetitions reached 1.22 once); a 2x regression of sidecap's CPU per packet puts it at 1.1-1.5.
+pub const CPU_GATE_64: f64 = 1.15;
+
 /// Seconds of load for the fixed-rate scenarios.
 const RATE_SECS: u64 = 3;
 
+/// The headline set of `run`: every packet size on every link, as fast as one sender core can,
+/// plus one run three times as long to see that peak RSS stays flat.
 pub fn full_scenarios() -> Vec<Scenario> {
+    let mut v = Vec::new();
+    for (link, tag) in [
+        (Link::Lo, "lo"),
+        (Link::Veth, "veth"),
+        (Link::VethAny, "any"),
+    ] {
+        // ~1.3 s of load each at the ~0.8 Mpps one core sends on lo: 90 runs in ~10 minutes.
+        for (size, count) in [(64, 1_000_000), (512, 600_000), (1400, 300_000)] {
+            v.push(Scenario::new(
+                &format!("{tag}-sat-{size}"),
+                link,
+                size,
+                count,
+                None,
+            ));
+        }
+    }
+    let mut long = Scenario::new("lo-sat-64-long", Link::Lo, 64, 3_000_000, None);
+    long.reps = Some(2);
+    v.push(long);
+    v
+}
+
+/// `run --extra`: fixed rates, both cores saturated with a 2 MiB ring, rotation, a stalled disk.
+pub fn extra_scenarios() -> Vec<Scenario> {
     let rate = |link, name: &str, kpps: u64| {
         Scenario::new(name, link, 64, kpps * 1000 * RATE_SECS, Some(kpps * 1000))
     };
     let mut v = vec![
-        Scenario::new("lo-sat-64", Link::Lo, 64, 1_500_000, None),
-        Scenario::new("lo-sat-64-long", Link::Lo, 64, 4_500_000, None),
-        Scenario::new("lo-sat-512", Link::Lo, 512, 1_000_000, None),
-        Scenario::new("lo-sat-1400", Link::Lo, 1400, 600_000, None),
         rate(Link::Lo, "lo-rate-50k-64", 50),
         rate(Link::Lo, "lo-rate-100k-64", 100),
-        rate(Link::Lo, "lo-rate-200k-64", 200),
         rate(Link::Lo, "lo-rate-300k-64", 300),
-        Scenario::new("veth-sat-64", Link::Veth, 64, 1_500_000, None),
         rate(Link::Veth, "veth-rate-100k-64", 100),
-        Scenario::new("any-sat-64", Link::VethAny, 64, 1_500_000, None),
     ];
     // Both cores saturated with libpcap's default 2 MiB ring: where drops happen.
     for (name, link, size) in [
@@ -131,7 +165,20 @@ pub fn full_scenarios() -> Vec<Scenario> {
     v
 }
 
+/// `ci`: the gated ratios on `lo` (5 repetitions each, tools interleaved), then one repetition
+/// of rotation on a veth and of `-i any` for the correctness checks. Only 64 B carries a CPU
+/// gate: at 1400 B the ratio swings 0.5-1.9x with the VM's memory state (docs/benchmarks.md), so
+/// no gate there could both hold still and catch a 2x regression; it is printed, and its capture
+/// count is gated.
 pub fn ci_scenarios() -> Vec<Scenario> {
+    let mut v = Vec::new();
+    for (size, count, gate) in [(64, 400_000, Some(CPU_GATE_64)), (1400, 150_000, None)] {
+        let mut s = Scenario::new(&format!("ci-lo-sat-{size}"), Link::Lo, size, count, None);
+        s.reps = Some(5);
+        s.cpu_gate = gate;
+        s.capture_gate = true;
+        v.push(s);
+    }
     let mut rot = Scenario::new(
         "ci-veth-rate-100k-rotate",
         Link::Veth,
@@ -140,17 +187,18 @@ pub fn ci_scenarios() -> Vec<Scenario> {
         Some(100_000),
     );
     rot.rotate_mb = Some(5);
-    vec![
-        Scenario::new("ci-lo-sat-64", Link::Lo, 64, 300_000, None),
-        rot,
-        Scenario::new(
-            "ci-any-rate-100k",
-            Link::VethAny,
-            64,
-            100_000,
-            Some(100_000),
-        ),
-    ]
+    rot.reps = Some(1);
+    let mut any = Scenario::new(
+        "ci-any-rate-100k",
+        Link::VethAny,
+        64,
+        100_000,
+        Some(100_000),
+    );
+    any.reps = Some(1);
+    v.push(rot);
+    v.push(any);
+    v
 }
 
 pub struct Ctx {
@@ -164,6 +212,7 @@ pub struct Ctx {
     pub buffer_mib: u32,
     /// CI mode: also cross-check files with capinfos and sidecap's /metrics and marker.
     pub check: bool,
+    pub drop_caches: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -180,6 +229,12 @@ pub struct RunResult {
     pub bytes: u64,
     pub drops: Option<u64>,
     pub cpu_secs: f64,
+    /// The whole machine's busy CPU from the start of the load to the tool's exit.
+    pub machine_secs: f64,
+    pub mem: crate::env::MemState,
+    /// The load average when the run started.
+    pub load: String,
+    pub stop_ms: f64,
     pub rss_kib: u64,
     pub exit_code: i32,
     pub metrics_written: Option<u64>,
@@ -202,6 +257,9 @@ impl RunResult {
     pub fn cpu_per_mpkt(&self) -> f64 {
         self.cpu_secs / (self.captured.max(1) as f64 / 1e6)
     }
+    pub fn machine_per_mpkt(&self) -> f64 {
+        self.machine_secs / (self.captured.max(1) as f64 / 1e6)
+    }
     pub fn write_mbps(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.gen_secs.max(1e-9)
     }
@@ -215,6 +273,8 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
     };
     let dir = base.join(format!("{}-{}-{rep}", sc.name, tool.name()));
     let _ = std::fs::remove_dir_all(&dir);
+    crate::env::settle_memory(ctx.drop_caches);
+    let mem = crate::env::mem_state();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ns = match sc.link {
         Link::Lo => None,
@@ -268,6 +328,7 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
         _ => None,
     };
 
+    let busy0 = crate::env::machine_busy_secs();
     let gen = generate(ctx, sc, ns);
     stop_stall.store(true, Ordering::Relaxed);
     if let Some(t) = staller {
@@ -318,6 +379,7 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
         }
     }
     let fin = running.stop(Duration::from_secs(20));
+    let machine_secs = crate::env::machine_busy_secs() - busy0;
 
     let (total, files) =
         pcapcount::count_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -357,6 +419,16 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
         if drops.is_none() {
             problems.push("no kernel drop count in the done marker".into());
         }
+        // Issue 17: the kernel ring, the write queue (sidecap's default --queue-size, 64 MiB)
+        // and 20 MiB for everything else.
+        let bound_kib = (spec.buffer_mib as u64 + 64 + 20) * 1024;
+        if fin.max_rss_kib > bound_kib {
+            problems.push(format!(
+                "peak RSS {} MiB is over --buffer-size + --queue-size + 20 MiB = {} MiB",
+                fin.max_rss_kib / 1024,
+                bound_kib / 1024
+            ));
+        }
     }
     if ctx.check {
         for (name, c) in &files {
@@ -389,6 +461,12 @@ pub fn run_one(ctx: &Ctx, sc: &Scenario, tool: Tool, rep: u32) -> Result<RunResu
         bytes: total.bytes,
         drops,
         cpu_secs: fin.cpu.as_secs_f64(),
+        machine_secs,
+        mem,
+        load: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        stop_ms: fin.stop_latency.as_secs_f64() * 1e3,
         rss_kib: fin.max_rss_kib,
         exit_code: fin.exit_code,
         metrics_written,

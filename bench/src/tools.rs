@@ -81,6 +81,8 @@ pub struct Finished {
     pub exit_code: i32,
     pub cpu: Duration,
     pub max_rss_kib: u64,
+    /// SIGTERM to reaped.
+    pub stop_latency: Duration,
     pub log: Vec<String>,
 }
 
@@ -259,30 +261,31 @@ impl Running {
         self.child.id() as i32
     }
 
-    /// SIGTERM, then reap with wait4 (SIGKILL after `timeout`).
+    /// SIGTERM, then reap with wait4 (SIGKILL after `timeout`). The stop latency is measured
+    /// to the millisecond: the log lines are collected by their own thread meanwhile.
     pub fn stop(mut self, timeout: Duration) -> Finished {
         let pid = self.pid();
+        let t0 = Instant::now();
         // SAFETY: signalling and reaping our own child by pid.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t0 = Instant::now();
         let mut status: libc::c_int = 0;
         // SAFETY: rusage is plain old data.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let mut killed = false;
         loop {
             // SAFETY: as above; WNOHANG polls.
             let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-            if r == pid {
+            if r == pid || r < 0 {
                 break;
             }
-            if r < 0 {
-                break;
-            }
-            if t0.elapsed() > timeout {
+            if t0.elapsed() > timeout && !killed {
+                killed = true;
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            self.pump(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_micros(500));
         }
+        let stop_latency = t0.elapsed();
         while self.pump(Duration::from_millis(100)) {}
         let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
         let exit_code = if libc::WIFEXITED(status) {
@@ -294,6 +297,7 @@ impl Running {
             exit_code,
             cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
             max_rss_kib: ru.ru_maxrss as u64,
+            stop_latency,
             log: self.log,
         }
     }

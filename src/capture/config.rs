@@ -36,6 +36,7 @@ pub struct CaptureConfig {
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     pub flush_interval: Duration,
+    pub fsync: crate::cli::Fsync,
     /// Write buffers the queue may hold (queue size / buffer size).
     pub queue_buffers: usize,
     pub nano: bool,
@@ -118,6 +119,7 @@ impl CaptureConfig {
             count: a.count,
             duration: pace.duration,
             flush_interval: pace.flush_interval,
+            fsync: a.fsync,
             queue_buffers: pace.queue_buffers,
             nano: a.time_precision == TimePrecision::Nano,
             listen,
@@ -307,6 +309,11 @@ mod tests {
         assert!(c.promisc);
         assert_eq!(c.rotate, RotatePolicy::default());
         assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.fsync, crate::cli::Fsync::None);
+        assert_eq!(
+            cfg(&["--fsync", "rotate"]).unwrap().fsync,
+            crate::cli::Fsync::Rotate
+        );
         assert_eq!(c.queue_buffers, 64);
         assert!(c.filter.is_none());
         assert!(!c.quiet && !c.stdout);

@@ -220,8 +220,8 @@ fn open_sink(
         return Ok(Sink::Stdout(s));
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size);
-    let writer =
-        Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| match e {
+    let writer = Writer::create(layout.clone(), framing, ring, cfg.fsync, metrics.clone())
+        .map_err(|e| match e {
             writer::WriteError::Create { source, .. }
                 if source.kind() == io::ErrorKind::PermissionDenied =>
             {

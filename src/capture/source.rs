@@ -26,12 +26,18 @@ use crate::metrics::{CaptureMetrics, WrappingCounter};
 use crate::process::{drain_waker, Shutdown};
 
 /// TPACKET_V3 block retire timeout: the longest a packet waits in a partly filled kernel
-/// block before user space can see it. Also bounds shutdown latency on a quiet link.
-const BLOCK_TIMEOUT_MS: i32 = 100;
-/// On shutdown, keep reading until the ring has been quiet this long (longer than a block
-/// retire timeout, so a partly filled block is seen) ...
-const DRAIN_QUIET: Duration = Duration::from_millis(250);
-/// ... but never longer than this under a constant flood.
+/// block before user space can see it, so it bounds how long a stop waits for the last packets.
+/// The kernel arms this timer per block and refreshes it while the block is empty, so an idle
+/// link costs a kernel timer tick every 10 ms and no wake-up of ours; a trickle of traffic costs
+/// at most 100 wake-ups a second (measured in docs/benchmarks.md). At 100 ms a stop right after a
+/// burst waited ~100 ms for the block holding the burst's tail.
+const BLOCK_TIMEOUT_MS: i32 = 10;
+/// On a stop, a packet that arrived before it is visible at the latest this long after it: the
+/// retire timeout rounded up to the kernel's clock tick (4 ms at HZ=250, 10 ms at HZ=100), plus
+/// slack for the timer and our wake-up.
+const RETIRE_WAIT: Duration = Duration::from_millis(BLOCK_TIMEOUT_MS as u64 + 20);
+/// Under a constant flood the drain ends on the first packet stamped after the stop; this
+/// bounds it should timestamps not tell (a clock step).
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub struct Source {
@@ -362,18 +368,115 @@ struct Stats {
     recv: WrappingCounter,
     drop: WrappingCounter,
     ifdrop: WrappingCounter,
+    /// The kernel's received count and when it was first seen at that value: every packet it
+    /// counts arrived before then.
+    seen: Option<(Instant, u64)>,
+    refreshed: Option<Instant>,
 }
 
+/// How often the loop looks at the kernel's count for [`Stats::all_visible_at`]: libpcap's
+/// `pcap_stats` is a getsockopt plus two sysfs files opened and read (~20 us), which once per
+/// wake-up cost ~0.05 s per million 64 B packets; at most 50 a second it costs nothing, and a stop
+/// waits at most this much longer.
+const STATS_EVERY: Duration = Duration::from_millis(20);
+
 impl Stats {
-    fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) {
-        if let Ok(s) = cap.stats() {
-            m.kernel_received
-                .store(self.recv.update(s.received), Relaxed);
-            m.kernel_dropped.store(self.drop.update(s.dropped), Relaxed);
-            m.interface_dropped
-                .store(self.ifdrop.update(s.if_dropped), Relaxed);
+    /// Reads the kernel's counters into the metrics; returns the received count.
+    fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> Option<u64> {
+        self.refreshed = Some(Instant::now());
+        let s = cap.stats().ok()?;
+        let recv = self.recv.update(s.received);
+        m.kernel_received.store(recv, Relaxed);
+        m.kernel_dropped.store(self.drop.update(s.dropped), Relaxed);
+        m.interface_dropped
+            .store(self.ifdrop.update(s.if_dropped), Relaxed);
+        if !matches!(self.seen, Some((_, r)) if r == recv) {
+            self.seen = Some((Instant::now(), recv));
+        }
+        Some(recv)
+    }
+
+    /// At a stop: when everything the kernel has received for us is visible. The packets its
+    /// count includes arrived before the count was first seen at that value, so they sit in
+    /// retired blocks [`RETIRE_WAIT`] later; the main loop looks at the count when it has read the
+    /// ring empty (at most every [`STATS_EVERY`]), so after an idle spell or a burst that ended a moment before the
+    /// stop, that moment has passed and the drain waits for nothing. libpcap's count includes
+    /// packets it discards in user space (lo's outgoing copies), so only its changes tell,
+    /// never its value.
+    fn all_visible_at(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> Instant {
+        self.refresh(cap, m);
+        self.seen.map_or_else(Instant::now, |(at, _)| at) + RETIRE_WAIT
+    }
+}
+
+/// After a stop: reads what the kernel holds for us, including the partly filled block it
+/// retires within [`RETIRE_WAIT`], and nothing that arrived after the stop once a packet says
+/// so. Returns the packets read.
+fn drain<F: Records>(
+    src: &mut Source,
+    cfg: &CaptureConfig,
+    b: &mut Batcher<F>,
+    stats: &mut Stats,
+    metrics: &CaptureMetrics,
+    mut total: u64,
+) -> u64 {
+    let start = total;
+    let now_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let frac = if cfg.nano {
+        now_wall.subsec_nanos()
+    } else {
+        now_wall.subsec_micros()
+    };
+    b.cutoff = Some((now_wall.as_secs() as u32, frac));
+    let t0 = Instant::now();
+    let deadline = stats.all_visible_at(&mut src.cap, metrics);
+    let settled = deadline <= t0;
+    let at_stop = stats.seen.map(|(_, r)| r);
+    // The ring was read empty once: a block that shows up after that was retired by the timer
+    // (a block fills only as a packet arrives), and a timer retires the block being filled, so
+    // if no packet has arrived since the stop, it held the last of them.
+    let mut emptied = false;
+    while t0.elapsed() < DRAIN_MAX && !b.past_cutoff && !b.broken {
+        let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
+        if limit == Some(0) {
+            break;
+        }
+        b.poll_keylog();
+        let mark = b.batch_mark();
+        match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
+            Ok(0) => {
+                emptied = true;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let ms = left.as_millis().clamp(1, 1000) as u16;
+                let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+            }
+            Ok(n) => {
+                b.poll_keylog_after(mark);
+                total += n as u64;
+                if emptied && at_stop.is_some() && stats.refresh(&mut src.cap, metrics) == at_stop {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
+                break;
+            }
         }
     }
+    b.publish();
+    tracing::debug!(
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        settled,
+        packets = total - start,
+        "Drained the kernel ring."
+    );
+    total - start
 }
 
 /// Runs the capture loop until a stop condition, then drains what the kernel holds. Dropping
@@ -412,7 +515,10 @@ pub fn run_loop<F: Records>(
         recv: Default::default(),
         drop: Default::default(),
         ifdrop: Default::default(),
+        seen: None,
+        refreshed: None,
     };
+    stats.refresh(&mut src.cap, &metrics);
     let started = Instant::now();
     let stop_at = cfg.duration.map(|d| started + d);
     let mut next_flush = started + cfg.flush_interval;
@@ -484,6 +590,11 @@ pub fn run_loop<F: Records>(
         if n > 0 {
             continue;
         }
+        // The ring is read empty: the kernel's count now dates the packets it holds for us,
+        // which lets a stop skip the retire wait (see Stats::all_visible_at).
+        if !matches!(stats.refreshed, Some(t) if t.elapsed() < STATS_EVERY) {
+            stats.refresh(&mut src.cap, &metrics);
+        }
         // Nothing to read: sleep until data, a signal, or the next timer.
         let mut wake = next_flush;
         if let Some(t) = stop_at {
@@ -500,7 +611,9 @@ pub fn run_loop<F: Records>(
             PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
             PollFd::new(waker.as_fd(), PollFlags::POLLIN),
         ];
-        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+        let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+        match polled {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 error = Some(format!("poll failed: {e}"));
@@ -508,56 +621,13 @@ pub fn run_loop<F: Records>(
                 break;
             }
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if woken {
             drain_waker(&mut waker);
         }
     }
 
-    // Drain: what the kernel already holds for us, bounded in time.
     if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
-        let now_wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let frac = if cfg.nano {
-            now_wall.subsec_nanos()
-        } else {
-            now_wall.subsec_micros()
-        };
-        b.cutoff = Some((now_wall.as_secs() as u32, frac));
-        let t0 = Instant::now();
-        let mut quiet_since = t0;
-        while t0.elapsed() < DRAIN_MAX
-            && quiet_since.elapsed() < DRAIN_QUIET
-            && !b.past_cutoff
-            && !b.broken
-        {
-            let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
-            if limit == Some(0) {
-                break;
-            }
-            b.poll_keylog();
-            let mark = b.batch_mark();
-            match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
-                Ok(0) => {
-                    let mut fds = [PollFd::new(src.cap.as_fd(), PollFlags::POLLIN)];
-                    let _ = nix::poll::poll(&mut fds, PollTimeout::from(20u16));
-                }
-                Ok(n) => {
-                    b.poll_keylog_after(mark);
-                    total += n as u64;
-                    quiet_since = Instant::now();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Read error while draining; finalizing what was read.");
-                    break;
-                }
-            }
-        }
-        b.publish();
-        tracing::debug!(
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "Drained the kernel ring."
-        );
+        total += drain(&mut src, cfg, &mut b, &mut stats, &metrics, total);
     }
     stats.refresh(&mut src.cap, &metrics);
     b.hand_over();

@@ -1,8 +1,9 @@
 //! The writer thread: takes filled buffers of complete pcap records from the capture thread over
 //! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
 //! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
-//! `.part` -> `.pcap` on completion, fdatasync on flush ticks (on a small `fsync` thread, so
-//! waiting for the disk does not hold up writes), the ring bound, and disk-full handling.
+//! `.part` -> `.pcap` on completion, fsync as `--fsync` says (the flush-tick fdatasync of
+//! `interval` on a small `fsync` thread, so waiting for the disk does not hold up writes), the
+//! ring bound, and disk-full handling.
 //!
 //! Disk full (ENOSPC, EDQUOT): the buffer that did not fit is dropped and counted, the file is
 //! truncated back to its last complete record so it stays valid, one warning is logged per
@@ -22,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::files::{self, CaptureFile, Layout, Ring, FILE_MODE};
 use super::format::Framing;
+use crate::cli::Fsync;
 use crate::metrics::CaptureMetrics;
 
 /// Messages from the capture thread, in stream order.
@@ -30,7 +32,7 @@ pub enum Msg {
     Data { buf: Vec<u8>, packets: u64 },
     /// Finish the current file and start the next.
     Rotate,
-    /// Flush tick: make what was written durable (fdatasync).
+    /// Flush tick: with `--fsync interval`, make what was written durable (fdatasync).
     Sync,
 }
 
@@ -80,6 +82,7 @@ pub struct Writer {
     /// File header and trailer of the output format.
     framing: Framing,
     ring: Ring,
+    fsync: Fsync,
     metrics: Arc<CaptureMetrics>,
     next_seq: u64,
     current: Option<OpenFile>,
@@ -116,6 +119,7 @@ impl Writer {
         layout: Layout,
         framing: Framing,
         ring: Ring,
+        fsync: Fsync,
         metrics: Arc<CaptureMetrics>,
     ) -> Result<Writer, WriteError> {
         let existing: Vec<CaptureFile> = layout.list().map_err(|source| WriteError::Create {
@@ -127,6 +131,7 @@ impl Writer {
             layout,
             framing,
             ring,
+            fsync,
             metrics,
             current: None,
             summary: WriterSummary::default(),
@@ -160,7 +165,9 @@ impl Writer {
         // moment. One sync in flight at a time: a tick that finds one still running leaves the
         // file dirty for the next tick.
         let (sync_tx, sync_rx) = crossbeam_channel::bounded::<(Arc<File>, PathBuf)>(1);
-        let syncer = std::thread::Builder::new()
+        let syncer = (self.fsync == Fsync::Interval)
+            .then(|| {
+                std::thread::Builder::new()
             .name("fsync".into())
             .spawn(move || {
                 for (file, path) in sync_rx.iter() {
@@ -169,7 +176,8 @@ impl Writer {
                     }
                 }
             })
-            .ok();
+            })
+            .and_then(Result::ok);
         if syncer.is_some() {
             self.sync_tx = Some(sync_tx);
         }
@@ -431,6 +439,9 @@ impl Writer {
     }
 
     fn sync(&mut self) {
+        if self.fsync != Fsync::Interval {
+            return;
+        }
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -454,7 +465,9 @@ impl Writer {
         cur.dirty = false;
     }
 
-    /// Trailer, fsync, rename `.pcap.part` -> `.pcap` (`.pcapng`), fsync the directory.
+    /// Trailer, fsync (unless `--fsync none`), rename `.pcap.part` -> `.pcap` (`.pcapng`), fsync
+    /// the directory (unless `none`). Without a node crash the rename alone is enough: readers
+    /// see the page cache, and what was written survives the process.
     fn finish_current(&mut self) -> Result<(), WriteError> {
         self.framing.file_finished();
         self.write_trailer();
@@ -466,11 +479,16 @@ impl Writer {
             path: path_s.clone(),
             source,
         };
-        cur.file.sync_all().map_err(fin)?;
+        let durable = self.fsync != Fsync::None;
+        if durable {
+            cur.file.sync_all().map_err(fin)?;
+        }
         drop(cur.file);
         let done = cur.path.with_extension(""); // strips ".part"
         fs::rename(&cur.path, &done).map_err(fin)?;
-        files::sync_dir(&self.layout.dir).map_err(fin)?;
+        if durable {
+            files::sync_dir(&self.layout.dir).map_err(fin)?;
+        }
         let name = done
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
