@@ -13,6 +13,7 @@ pub mod config;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod ownports;
 pub mod pcapfile;
 pub mod pcapng;
 pub mod process;

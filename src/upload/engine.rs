@@ -243,6 +243,8 @@ pub enum EngineError {
 
 pub struct Engine {
     client: reqwest::Client,
+    /// The forwarder every connection goes through with `--own-ports` (issue 11).
+    own: Option<super::connect::OwnPorts>,
     cfg: Arc<UploadConfig>,
     ledger: Ledger,
     pub metrics: Arc<UploadMetrics>,
@@ -292,9 +294,14 @@ impl Engine {
                 b = b.add_root_certificate(c);
             }
         }
+        let own = own_ports(&cfg)?;
+        if let Some(o) = &own {
+            b = b.unix_socket(o.path());
+        }
         let client = b.build().map_err(|e| EngineError::Client(e.to_string()))?;
         Ok(Engine {
             client,
+            own,
             ledger: Ledger::new(&cfg.layout),
             cfg,
             metrics,
@@ -572,7 +579,15 @@ impl Engine {
         attempt: u32,
     ) -> Attempt {
         let cfg = &self.cfg;
-        let redact = |e: &reqwest::Error| classify_reqwest(e, &cfg.redactor);
+        let since = Instant::now();
+        let redact = |e: &reqwest::Error| {
+            let (k, m) = super::connect::OwnPorts::explain(
+                self.own.as_ref(),
+                since,
+                classify_reqwest(e, &cfg.redactor),
+            );
+            (k, cfg.redactor.scrub(&m))
+        };
         let url = match cfg.url_for(&c.name) {
             Some(u) => u,
             None => return Attempt::Transport(TransportError::Other, "no --url".into()),
@@ -704,6 +719,18 @@ impl Engine {
             why = watch(&progress, limits) => Attempt::Transport(TransportError::Timeout, why),
         }
     }
+}
+
+/// The forwarder that makes every connection leave from `--own-ports`, if set. Its private
+/// socket goes beside the ledger, or in the temporary directory (a read-only volume).
+fn own_ports(cfg: &UploadConfig) -> Result<Option<super::connect::OwnPorts>, EngineError> {
+    let (Some(range), Some(url)) = (cfg.own_ports, cfg.url.as_deref()) else {
+        return Ok(None);
+    };
+    let tmp = std::env::temp_dir();
+    super::connect::OwnPorts::start(url, range, &[cfg.layout.dir.as_path(), tmp.as_path()])
+        .map(Some)
+        .map_err(|e| EngineError::Client(crate::upload::connect::chain(&e)))
 }
 
 /// When the body of one attempt last moved: the instants the HTTP stack took a chunk and took

@@ -16,6 +16,8 @@
 
 pub mod args;
 pub mod config;
+pub mod connect;
+pub mod dns;
 pub mod engine;
 pub mod hooks;
 pub mod ledger;
