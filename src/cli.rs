@@ -200,10 +200,12 @@ pub struct CaptureArgs {
     pub tls_keylog: Option<PathBuf>,
 
     /// Leave out the packets of the paired uploader: those whose local port is in this range,
-    /// which `sidecap uploader`/`upload` bind their sockets to (same flag, same default). On an
-    /// interface and on `any` an app's traffic to a remote port in the range is kept; on `lo`
-    /// both ends are local, so the one case left out with the uploader's is a server in the Pod
-    /// listening on a port of the range. `none` keeps everything (to debug the uploader).
+    /// which `sidecap uploader`/`upload` bind their sockets to (same flag, same default). An
+    /// app's traffic to a remote port in the range is kept on `any` and on an interface. Cannot
+    /// be told apart, so left out too: a server in the Pod listening on a port of the range,
+    /// loopback traffic with such a port (both ends are local), and on an interface other than
+    /// `any`/`lo` such packets in the first ring block after start (docs/capture.md). `none`
+    /// keeps everything (to debug the uploader).
     #[arg(long, env = "SIDECAP_OWN_PORTS", value_name = "RANGE|none", default_value = crate::ownports::DEFAULT_TEXT)]
     pub own_ports: String,
 
