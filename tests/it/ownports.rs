@@ -531,3 +531,94 @@ fn own_ports_none_captures_the_uploads_for_debugging_the_uploader() {
     assert_eq!(count(&p, |x| x.udp_dst == Some(udp_port)), 1000);
     assert_eq!(count(&p, |x| x.udp_dst == Some(APP_PORT_IN_RANGE)), 20);
 }
+
+/// The client port and the target of each tunnel a proxy opened.
+type Tunnels = std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>;
+
+/// A CONNECT proxy on 127.0.0.1: records the client's port and the target of each tunnel.
+fn connect_proxy() -> (SocketAddr, Tunnels) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Tunnels = Default::default();
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(20) {
+            let Ok(mut c) = c else { continue };
+            let peer = c.peer_addr().unwrap().port();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap() <= 2 {
+                    break;
+                }
+            }
+            s2.lock().unwrap().push((peer, target.clone()));
+            let up = TcpStream::connect(&target).unwrap();
+            c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .unwrap();
+            let (mut up_w, mut c_w) = (up.try_clone().unwrap(), c);
+            // `r` may hold bytes read past the head: they are the tunnel's first bytes.
+            std::thread::spawn(move || std::io::copy(&mut r, &mut up_w));
+            std::thread::spawn(move || {
+                let mut up = up;
+                std::io::copy(&mut up, &mut c_w)
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn uploads_through_an_http_proxy_tunnel_from_the_uploaders_ports() {
+    require_root();
+    let dir = tempdir();
+    // A finished capture file: the pcap header and one record.
+    let mut pcap = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    pcap.extend_from_slice(&[0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+    pcap.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4]);
+    std::fs::write(
+        dir.path().join("capture-20260101T000000Z-000001.pcap"),
+        &pcap,
+    )
+    .unwrap();
+    let rx = Receiver::start(vec![]);
+    let (proxy, seen) = connect_proxy();
+    let proxy_url = format!("http://{proxy}");
+    let mut c = Command::new(bin());
+    c.args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            &rx.url("/upload/{file}"),
+            "--poll-interval",
+            "200ms",
+        ])
+        .args(["--listen", "off"])
+        .env("HTTP_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let p = Proc::spawn(&mut c);
+    let t0 = Instant::now();
+    while count_uploads(&rx) < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no upload; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = stop(p);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty(),
+        "the upload did not go through the proxy; log:\n{log}"
+    );
+    for (port, target) in &seen {
+        assert!(in_range(*port), "proxy connection from port {port}");
+        assert_eq!(target, &rx.addr.to_string());
+    }
+}
