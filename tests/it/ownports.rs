@@ -622,3 +622,26 @@ fn uploads_through_an_http_proxy_tunnel_from_the_uploaders_ports() {
         assert_eq!(target, &rx.addr.to_string());
     }
 }
+
+#[test]
+fn a_refused_connection_is_reported_with_its_reason_through_the_forwarder() {
+    // reqwest only sees its Unix stream close; the report must still say why.
+    let (dir, _) = crate::upload::finished_capture(1);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/in/{{file}}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut c = crate::upload::upload_cmd(dir.path(), &url, "3s", "1s");
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait_timeout(Duration::from_secs(10)).code();
+    assert_eq!(code, Some(5), "{}", p.log_text());
+    let rep: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("capture.upload-report.json")).unwrap(),
+    )
+    .unwrap();
+    let err = rep["files"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("cannot connect to the receiver from the uploader's ports 61000-61031")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+}
