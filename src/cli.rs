@@ -200,6 +200,16 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_TLS_KEYLOG")]
     pub tls_keylog: Option<PathBuf>,
 
+    /// Leave out the packets of the paired uploader: those whose local port is in this range,
+    /// which `sidecap uploader`/`upload` bind their sockets to (same flag, same default). An
+    /// app's traffic to a remote port in the range is kept on `any` and on an interface. Cannot
+    /// be told apart, so left out too: a server in the Pod listening on a port of the range,
+    /// loopback traffic with such a port (both ends are local), and on an interface other than
+    /// `any`/`lo` such packets in the first ring block after start (docs/capture.md). `none`
+    /// keeps everything (to debug the uploader).
+    #[arg(long, env = "SIDECAP_OWN_PORTS", value_name = "RANGE|none", default_value = crate::ownports::DEFAULT_TEXT)]
+    pub own_ports: String,
+
     /// BPF filter expression, as trailing words like tcpdump (`sidecap capture -i lo udp port 53`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = false)]
     pub expression: Vec<String>,

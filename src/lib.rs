@@ -14,6 +14,7 @@ pub mod exit;
 pub mod files;
 pub mod logging;
 pub mod metrics;
+pub mod ownports;
 pub mod pcapfile;
 pub mod pcapng;
 pub mod process;

@@ -26,7 +26,10 @@ pub struct CaptureConfig {
     pub interface: String,
     pub dir: std::path::PathBuf,
     pub prefix: String,
+    /// The filter compiled: the user's with the uploader's own ports taken out.
     pub filter: Option<String>,
+    /// The uploader's port range left out of the capture (`--own-ports`); None keeps them.
+    pub own_ports: Option<crate::ownports::PortRange>,
     pub snaplen: u32,
     pub buffer_size: u64,
     pub promisc: bool,
@@ -76,6 +79,12 @@ impl CaptureConfig {
         if a.interface.is_empty() {
             return Err("--interface: must not be empty".into());
         }
+        let own_ports = flag(
+            "--own-ports",
+            crate::ownports::PortRange::parse(&a.own_ports),
+        )?;
+        let link = crate::ownports::Link::of(&a.interface);
+        let filter = crate::ownports::compose(filter.as_deref(), own_ports, link);
         validate_prefix(&a.prefix)?;
         let stdout = a.dir.as_os_str() == "-";
         if stdout {
@@ -110,6 +119,7 @@ impl CaptureConfig {
             dir: a.dir.clone(),
             prefix: a.prefix.clone(),
             filter,
+            own_ports,
             snaplen,
             buffer_size,
             promisc: !a.no_promiscuous,
@@ -315,7 +325,8 @@ mod tests {
             crate::cli::Fsync::Rotate
         );
         assert_eq!(c.queue_buffers, 64);
-        assert!(c.filter.is_none());
+        assert_eq!(c.own_ports, Some(crate::ownports::DEFAULT));
+        assert!(cfg(&["--own-ports", "none"]).unwrap().filter.is_none());
         assert!(!c.quiet && !c.stdout);
         assert!(cfg(&["-q"]).unwrap().quiet);
         assert_eq!(c.format, crate::files::FileFormat::Pcap);
@@ -343,7 +354,11 @@ mod tests {
         assert_eq!(c.rotate.interval, Some(Duration::from_secs(300)));
         assert_eq!(c.max_files, Some(5));
         assert_eq!(c.snaplen, MAX_SNAPLEN);
-        assert_eq!(c.filter.as_deref(), Some("udp port 53"));
+        assert!(c
+            .filter
+            .as_deref()
+            .unwrap()
+            .starts_with("(udp port 53) and not ("));
     }
 
     #[test]

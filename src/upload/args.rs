@@ -98,6 +98,13 @@ pub struct UploadOpts {
     /// Time kept back from the grace period (report, exit, clock skew between hooks).
     #[arg(long, env = "SIDECAP_SAFETY_MARGIN", default_value = DEFAULT_SAFETY_MARGIN)]
     pub safety_margin: String,
+
+    /// Connect to the receiver (and the proxy, and the DNS servers) only from local ports in
+    /// this range, which `sidecap capture` leaves out of the capture (same flag, same default;
+    /// reserve it with the Pod sysctl net.ipv4.ip_local_reserved_ports). `none` connects from
+    /// ordinary ports, and the capture records the uploads (to debug the uploader).
+    #[arg(long, env = "SIDECAP_OWN_PORTS", value_name = "RANGE|none", default_value = crate::ownports::DEFAULT_TEXT)]
+    pub own_ports: String,
 }
 
 /// `--url` and `--header` values are secrets: Debug shows the redacted URL and header names.
@@ -127,6 +134,7 @@ impl std::fmt::Debug for UploadOpts {
             .field("order", &self.order)
             .field("grace_period", &self.grace_period)
             .field("safety_margin", &self.safety_margin)
+            .field("own_ports", &self.own_ports)
             .finish()
     }
 }

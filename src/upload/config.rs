@@ -60,6 +60,8 @@ pub struct UploadConfig {
     pub pod: Vec<(HeaderName, HeaderValue)>,
     pub pod_uid: String,
     pub redactor: Redactor,
+    /// The local ports every connection leaves from (`--own-ports`); None: ordinary ports.
+    pub own_ports: Option<crate::ownports::PortRange>,
 }
 
 /// Header values and the URL are secrets: Debug shows header names and the redacted URL only.
@@ -194,6 +196,8 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         // mounted Secrets and projected tokens rotate while a long-running uploader lives.
         read_token(p, &mut redactor)?;
     }
+    let own_ports = crate::ownports::PortRange::parse(&o.own_ports)
+        .map_err(|e| usage(format!("--own-ports: {e}")))?;
     let ca_pem = match &o.ca_file {
         Some(p) => Some(read_ca(p)?),
         None => None,
@@ -215,6 +219,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         pod,
         pod_uid,
         redactor,
+        own_ports,
     })
 }
 
@@ -421,6 +426,7 @@ mod tests {
             order: Order::NewestFirst,
             grace_period: "30s".into(),
             safety_margin: "2s".into(),
+            own_ports: crate::ownports::DEFAULT_TEXT.into(),
         };
         let cfg = from_opts(&opts, true).unwrap();
         for text in [format!("{cfg:?}"), format!("{opts:?}"), format!("{cfg:#?}")] {

@@ -36,10 +36,14 @@ pub enum EngineError {
     Ca(#[source] reqwest::Error),
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    OwnPorts(#[from] super::connect::ConnectError),
 }
 
 pub struct Engine {
     client: reqwest::Client,
+    /// The forwarder every connection goes through with `--own-ports` (issue 11).
+    own: Option<super::connect::OwnPorts>,
     cfg: Arc<UploadConfig>,
     ledger: Ledger,
     pub metrics: Arc<UploadMetrics>,
@@ -75,9 +79,14 @@ impl Engine {
                 b = b.add_root_certificate(c);
             }
         }
+        let own = own_ports(&cfg)?;
+        if let Some(o) = &own {
+            b = b.unix_socket(o.path());
+        }
         let client = b.build().map_err(EngineError::Client)?;
         Ok(Engine {
             client,
+            own,
             ledger: Ledger::new(&cfg.layout),
             cfg,
             metrics,
@@ -281,7 +290,7 @@ impl Engine {
                 self.metrics.retries.fetch_add(1, Relaxed);
             }
             let attempt = tokio::select! {
-                a = request::send_once(&self.client, &self.cfg, u, remaining, t.horizon, r.attempts) => a,
+                a = request::send_once(&self.client, self.own.as_ref(), &self.cfg, u, remaining, t.horizon, r.attempts) => a,
                 _ = cancel.cancelled() => Attempt::Transport(TransportError::Other, "stopped during the upload".into()),
             };
             let action = classify(&attempt, &mut r, &mut last_error);
@@ -417,6 +426,18 @@ fn log_result(r: &FileResult) {
             "File not uploaded."
         ),
     }
+}
+
+/// The forwarder that makes every connection leave from `--own-ports`, if set. Its private
+/// socket goes beside the ledger, or in the temporary directory (a read-only volume).
+fn own_ports(cfg: &UploadConfig) -> Result<Option<super::connect::OwnPorts>, EngineError> {
+    let (Some(range), Some(url)) = (cfg.own_ports, cfg.url.as_deref()) else {
+        return Ok(None);
+    };
+    let tmp = std::env::temp_dir();
+    super::connect::OwnPorts::start(url, range, &[cfg.layout.dir.as_path(), tmp.as_path()])
+        .map(Some)
+        .map_err(EngineError::from)
 }
 
 #[cfg(test)]

@@ -780,6 +780,7 @@ mod tests {
             order: Order::NewestFirst,
             grace_period: "10s".into(),
             safety_margin: "2s".into(),
+            own_ports: crate::ownports::NONE.into(),
         };
         let cfg = std::sync::Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
         Engine::new(cfg, Default::default()).unwrap()

@@ -11,6 +11,7 @@ use super::args::Method;
 use super::blocking;
 use super::body::{self, Prepared};
 use super::config::{self, UploadConfig};
+use super::connect::OwnPorts;
 use super::redact::Redactor;
 use super::retry::{self, TransportError};
 use super::state::Candidate;
@@ -38,15 +39,18 @@ pub(super) struct Upload<'a> {
 }
 
 /// One attempt, at most `remaining` long; `horizon` is the end of the whole run.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send_once(
     client: &reqwest::Client,
+    own: Option<&OwnPorts>,
     cfg: &UploadConfig,
     u: &Upload<'_>,
     remaining: Duration,
     horizon: Instant,
     attempt: u32,
 ) -> Attempt {
-    let run_left = horizon.saturating_duration_since(Instant::now());
+    let since = Instant::now();
+    let run_left = horizon.saturating_duration_since(since);
     let limits = retry::attempt_limits(remaining, run_left, u.prep.body_len);
     let progress = Arc::new(body::Progress::default());
     let stream = body::body_stream(u.file.clone(), u.prep.file_len, cfg.gzip);
@@ -56,7 +60,7 @@ pub(super) async fn send_once(
         Err(a) => return a,
     };
     tokio::select! {
-        a = exchange(req, &cfg.redactor) => a,
+        a = exchange(req, &cfg.redactor, own, since) => a,
         why = body::watch(&progress, limits) => Attempt::Transport(TransportError::Timeout, why),
     }
 }
@@ -143,10 +147,16 @@ fn with_body(
 
 /// Sends the request and reads (a bounded part of) the response, so the connection can be
 /// reused and an error says what the receiver said.
-async fn exchange(req: reqwest::RequestBuilder, redactor: &Redactor) -> Attempt {
+/// With `--own-ports`, a connection failure the forwarder saw is told as the forwarder saw it.
+async fn exchange(
+    req: reqwest::RequestBuilder,
+    redactor: &Redactor,
+    own: Option<&OwnPorts>,
+    since: Instant,
+) -> Attempt {
     let transport = |e: &reqwest::Error| {
-        let (k, m) = classify_reqwest(e, redactor);
-        Attempt::Transport(k, m)
+        let (k, m) = OwnPorts::explain(own, since, classify_reqwest(e, redactor));
+        Attempt::Transport(k, redactor.scrub(&m))
     };
     let mut resp = match req.send().await {
         Ok(r) => r,

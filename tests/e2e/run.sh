@@ -82,7 +82,9 @@ start_pod() {
   # resolver is exercised as cluster DNS would exercise it.
   printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:1\n' > "$dir/resolv.conf"
   podman pod rm -f "$pod" >/dev/null 2>&1
-  podman pod create --name "$pod" --network none >/dev/null || return 1
+  # The manifests' Pod sysctl: the uploader's own ports (--own-ports) are reserved.
+  podman pod create --name "$pod" --network none \
+    --sysctl net.ipv4.ip_local_reserved_ports=61000-61031 >/dev/null || return 1
   pods+=("$pod")
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-receiver" -v "$dir/recv:/recv" -v "$repo/tests/e2e:/e2e:ro" \
     "$debian" python3 /e2e/pod.py receiver "$token" "$3" >/dev/null || return 1
@@ -323,6 +325,16 @@ if start_pod deploy 20 0 "--continuous --poll-interval 500ms" "--max-total-size 
   lifecycle_asserts
   check "more than one file (rotation)" [ "$(volume_files | wc -l)" -ge 2 ]
   check "every file is pcapng and names the Pod and the interface" pcapng_identity
+  # Issue 11: with -i any and the continuous uploader, no upload (webhook port 8080), no lookup
+  # of the webhook's name and no packet from the uploader's own ports is in the capture; the
+  # app's traffic (port 8081) is.
+  check "no uploader packet in the capture (-i any): webhook connections" \
+    [ "$(count_in_received "tcp.port == 8080")" = 0 ]
+  check "no uploader packet in the capture (-i any): its DNS lookups" \
+    [ "$(count_in_received 'dns.qry.name contains "webhook"')" = 0 ]
+  check "no uploader packet in the capture (-i any): its own ports" \
+    [ "$(count_in_received "tcp.port in {61000..61031} || udp.port in {61000..61031}")" = 0 ]
+  check "the app's traffic is in the capture" [ "$(count_in_received "tcp.port == 8081")" -gt 0 ]
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
 

@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod laptop;
 mod nginx;
+mod ownports;
 mod pcapng;
 mod receiver;
 mod report;

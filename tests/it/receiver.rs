@@ -73,7 +73,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(script: Vec<Action>) -> Receiver {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        Receiver::start_on("127.0.0.1:0", script)
+    }
+
+    /// A receiver on another address ("[::1]:0", an address inside a test's namespace).
+    pub fn start_on(addr: &str, script: Vec<Action>) -> Receiver {
+        let l = TcpListener::bind(addr).expect("bind receiver");
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
         let inner = Arc::new(Inner {
