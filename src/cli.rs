@@ -21,6 +21,8 @@ Exit codes:
   6    upload permanently rejected by the receiver
   7    repair: damage before the end of a file (not just a torn last record); the damaged
        spans were cut out (--dry-run: would be) and listed, every record around them kept
+  8    snapshot: the running capture did not answer (older than snapshots, or stuck); its
+       finished files were uploaded, the file it was writing is not in the snapshot
   130  forced exit on a second SIGTERM/SIGINT";
 
 #[derive(Parser, Debug)]
@@ -66,6 +68,9 @@ pub enum Command {
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
     #[command(after_help = EXIT_CODES)]
     Upload(Box<crate::upload::args::UploadArgs>),
+    /// Flight recorder: finish the capture's current file and upload the last minutes (or the whole ring) with a manifest, now. Run in the uploader container (kubectl exec).
+    #[command(after_help = EXIT_CODES)]
+    Snapshot(Box<crate::upload::snapshot::SnapshotArgs>),
     /// Make pcap files left by a killed capture readable: cut a torn last record; cut out (and report) damage before the end, keeping every record around it.
     #[command(after_help = EXIT_CODES)]
     Repair(crate::repair::RepairArgs),

@@ -10,6 +10,7 @@ pub mod keylog;
 pub mod output;
 pub mod report;
 pub mod rotate;
+pub mod snapshot;
 pub mod source;
 pub mod stdout;
 pub mod writer;
@@ -184,13 +185,14 @@ fn open_sink(
     mut framing: format::Framing,
     metrics: &Arc<CaptureMetrics>,
     shutdown: &Shutdown,
+    pins: &Arc<crate::snapshot::PinSet>,
 ) -> Result<Sink, CaptureError> {
     let Dest::Dir(layout) = dest else {
         let header = framing.header(metrics);
         let s = stdout::StdoutSink::create(&header, metrics.clone(), shutdown.clone())?;
         return Ok(Sink::Stdout(s));
     };
-    let ring = Ring::new(cfg.max_files, cfg.max_total_size);
+    let ring = Ring::new(cfg.max_files, cfg.max_total_size).with_pins(pins.clone());
     let writer =
         Writer::create(layout.clone(), framing, ring, metrics.clone()).map_err(|e| {
             match e.io_kind() {
@@ -261,7 +263,8 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
     let linktype = src.linktype;
     let framing = format::Framing::new(&cfg, linktype);
     let overhead = framing.overhead();
-    let writer = open_sink(&cfg, &dest, framing, &metrics, &shutdown)?;
+    let pins = Arc::new(crate::snapshot::PinSet::default());
+    let writer = open_sink(&cfg, &dest, framing, &metrics, &shutdown, &pins)?;
     drop_capabilities_after_open(dest.dir())?;
     let first_path = writer.current_path();
     let first = first_path
@@ -315,6 +318,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             .map_err(|e| CaptureError::Io(format!("cannot start the capture thread: {e}")))?
     };
     let status = start_terminal_ui(&cfg, &metrics, &dest, first_path, &shutdown);
+    let snapshots = snapshot_watcher(&cfg, &dest, pins, &metrics, &shutdown, started);
     let end = capture_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
@@ -322,6 +326,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
         .join()
         .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
     drop(status); // erases the status line; the summary below has the final figures
+    drop(snapshots);
 
     let error = summary.error.clone().or(end.error.clone());
     let exit_code = if error.is_some() {
@@ -386,6 +391,36 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<Outcome, CaptureErr
             marker_note(false)
         ))),
     }
+}
+
+/// Answers snapshot requests and reads pins on its own thread (files only: `-w -` has no ring).
+fn snapshot_watcher(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    pins: Arc<crate::snapshot::PinSet>,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+    started: SystemTime,
+) -> Option<snapshot::Watcher> {
+    let Dest::Dir(layout) = dest else {
+        return None;
+    };
+    let kernel_note = match cfg.interface.as_str() {
+        "lo" | "any" => "libpcap ps_recv/ps_drop; on lo and any the kernel counts each packet twice, so dropped is about twice the real loss",
+        _ => "libpcap ps_recv/ps_drop/ps_ifdrop",
+    };
+    let cx = snapshot::Context {
+        layout: layout.clone(),
+        pins,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        interface: cfg.interface.clone(),
+        kernel_note: kernel_note.into(),
+        started,
+    };
+    snapshot::spawn(cx)
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot start the snapshot thread: snapshot requests will time out."))
+        .ok()
 }
 
 /// Writes the done marker (one retry: a momentary EMFILE or ENOSPC often passes) and tells the

@@ -309,6 +309,11 @@ impl Engine {
         &self.ledger
     }
 
+    /// The HTTP client, for the snapshot manifest (a small JSON document, not a capture file).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
     /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
     /// `horizon` is the end of the whole run (`deadline` may be a file's share of it): the
@@ -1017,7 +1022,10 @@ fn body_stream(file: Arc<std::fs::File>, len: u64, gzip: bool) -> io::Result<Byt
 }
 
 /// Maps a reqwest error to a transport class and a message with no URL and no secret in it.
-fn classify_reqwest(e: &reqwest::Error, r: &super::redact::Redactor) -> (TransportError, String) {
+pub(crate) fn classify_reqwest(
+    e: &reqwest::Error,
+    r: &super::redact::Redactor,
+) -> (TransportError, String) {
     let mut chain = Vec::new();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {

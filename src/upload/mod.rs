@@ -14,15 +14,18 @@
 //! cancellable, so at `deadline + min(margin / 2, 1 s)` the watchdog ends the process (exit 5,
 //! or the exit code already decided) whatever the runtime is doing.
 
+pub mod annotations;
 pub mod args;
 pub mod config;
 pub mod engine;
 pub mod hooks;
 pub mod ledger;
 pub mod logging;
+pub mod manifest;
 pub mod redact;
 pub mod report;
 pub mod retry;
+pub mod snapshot;
 pub mod state;
 
 use std::io::Write as _;
@@ -59,6 +62,9 @@ pub enum UploadError {
         left: usize,
         files: String,
     },
+    /// `sidecap snapshot` did not finish cleanly: `code` is the exit code it decided.
+    #[error("snapshot: {reason}")]
+    Snapshot { code: u8, reason: String },
 }
 
 impl ExitStatus for UploadError {
@@ -69,6 +75,7 @@ impl ExitStatus for UploadError {
             UploadError::Runtime(_) => exit::RUNTIME,
             UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
+            UploadError::Snapshot { code, .. } => *code,
         }
     }
 }
@@ -355,7 +362,12 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
         continuous = args.continuous,
         "Uploader ready."
     );
+    let watch = annotations_watch(args, poll)?;
     rt.block_on(async {
+        if let Some(w) = watch {
+            let (e, t, p) = (engine.clone(), token.clone(), pause.clone());
+            tokio::spawn(annotations::watch(e, w, t, p));
+        }
         if args.continuous {
             hooks::continuous(engine.clone(), poll, file_timeout, token.clone(), pause).await;
         } else {
@@ -368,6 +380,29 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// The annotation trigger's settings, when `--annotations-file` is set.
+fn annotations_watch(
+    args: &args::UploaderArgs,
+    poll: Duration,
+) -> Result<Option<annotations::Watch>, UploadError> {
+    let a = &args.annotations;
+    let Some(file) = a.annotations_file.clone() else {
+        return Ok(None);
+    };
+    let timeout = crate::config::parse_duration(&a.snapshot_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            UploadError::Usage("--snapshot-timeout must be a positive duration".into())
+        })?;
+    Ok(Some(annotations::Watch {
+        file,
+        key: a.snapshot_annotation.clone(),
+        timeout,
+        poll,
+    }))
 }
 
 /// The answer of the running preStop run, starting one if none runs. The run itself runs on

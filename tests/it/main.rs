@@ -12,4 +12,5 @@ mod pcapng;
 mod receiver;
 mod report;
 mod security;
+mod snapshot;
 mod upload;
