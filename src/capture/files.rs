@@ -10,6 +10,8 @@
 //!   no marker means the capture died (or never started).
 //! - `<prefix>.done` is a small JSON marker written atomically, last, on every stop the process
 //!   survives (clean or not): the uploader uses it to know the capture is final.
+//! - Snapshot requests, answers and pins (`<prefix>.snapshot-request.<id>`, `.snapshot-ack.<id>`,
+//!   `.pin.<id>`) are described in [`crate::snapshot`]; the ring skips pinned files.
 //! - Only regular files count: the lock, the marker and capture files are opened without
 //!   following symbolic links and never wait on a FIFO ([`crate::volume`]); a name of ours that
 //!   is a link or a special file was planted, and is refused with a warning, never followed.
