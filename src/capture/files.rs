@@ -397,7 +397,7 @@ impl Ring {
 
     /// Bytes of finished files counted against the bound: pinned files are not.
     pub fn finished_bytes(&self) -> u64 {
-        self.finished_bytes - self.pinned_bytes
+        self.finished_bytes.saturating_sub(self.pinned_bytes)
     }
 
     pub fn len(&self) -> usize {

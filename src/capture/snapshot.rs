@@ -67,17 +67,18 @@ pub fn spawn(cx: Context) -> std::io::Result<Watcher> {
 fn run(cx: &Context, stop: &AtomicBool) {
     let mut last_mtime = None;
     let mut last_look = Instant::now();
+    let mut last_look_wall = SystemTime::UNIX_EPOCH;
     while !stop.load(Relaxed) && !cx.shutdown.is_triggered() {
         std::thread::sleep(WATCH_TICK);
         let mtime = std::fs::metadata(&cx.layout.dir)
             .and_then(|m| m.modified())
             .ok();
-        // A look at least every minute even when nothing changed: pins expire by the clock.
-        if mtime == last_mtime && last_look.elapsed() < Duration::from_secs(60) {
+        if !needs_look(mtime, last_mtime, last_look_wall, last_look.elapsed()) {
             continue;
         }
         last_mtime = mtime;
         last_look = Instant::now();
+        last_look_wall = SystemTime::now();
         match snapshot::scan(&cx.layout) {
             Ok(found) => look(cx, found),
             Err(e) => {
@@ -85,6 +86,20 @@ fn run(cx: &Context, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// Whether the directory must be read again. The kernel stamps mtimes from a coarse clock: a
+/// request renamed into place in the same tick as the change we last read leaves the mtime as
+/// it was, so an mtime within a second of our last look is not trusted (git's "racily clean"
+/// rule). And a look at least every minute even when nothing changed: pins expire by the clock.
+fn needs_look(
+    mtime: Option<SystemTime>,
+    last_mtime: Option<SystemTime>,
+    last_look_wall: SystemTime,
+    since_last_look: Duration,
+) -> bool {
+    let settled = mtime.is_some_and(|m| m + Duration::from_secs(1) < last_look_wall);
+    mtime != last_mtime || !settled || since_last_look >= Duration::from_secs(60)
 }
 
 fn look(cx: &Context, found: snapshot::Found) {
@@ -180,5 +195,30 @@ fn ack_for(cx: &Context, id: &str, finished: Option<(String, u64)>) -> Ack {
             interface_dropped: g(&m.interface_dropped),
             note: cx.kernel_note.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_mtime_is_trusted_only_once_it_is_older_than_the_last_look() {
+        let t = SystemTime::now();
+        let s = Duration::from_secs;
+        // Changed: look.
+        assert!(needs_look(Some(t), Some(t - s(5)), t + s(5), s(1)));
+        // Unchanged, but stamped in the tick of our last look: a request may hide behind it.
+        assert!(needs_look(Some(t), Some(t), t, s(1)));
+        assert!(needs_look(
+            Some(t),
+            Some(t),
+            t + Duration::from_millis(500),
+            s(1)
+        ));
+        // Unchanged and older than our last look by more than a second: skip.
+        assert!(!needs_look(Some(t), Some(t), t + s(2), s(1)));
+        // ...except once a minute, for pin expiry.
+        assert!(needs_look(Some(t), Some(t), t + s(2), s(60)));
     }
 }

