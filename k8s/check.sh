@@ -62,6 +62,44 @@ if "$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 12
   ok "yamllint k8s/"
 else bad "yamllint k8s/"; fi
 
+echo "== snapshot trigger wiring (k8s/examples/deployment.yaml)"
+# The annotation trigger works only if --annotations-file names a file of a Downward API volume
+# (fieldRef metadata.annotations) mounted in the uploader container; the header says how to use it.
+snap_check='
+import os, sys, yaml
+path = sys.argv[1]
+text = open(path).read()
+errors = [f"header comment lacks {w!r}" for w in ("annotate pod", "exec POD -c uploader -- /sidecap snapshot", "sidecap.io/snapshot=")
+          if not any(w in l for l in text.splitlines() if l.startswith("#"))]
+dep = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment")
+pod = dep["spec"]["template"]["spec"]
+up = next(c for c in pod["initContainers"] if c["name"] == "uploader")
+args = up.get("args", [])
+target = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--annotations-file"), None)
+target = target or next((e.get("value") for e in up.get("env", []) if e["name"] == "SIDECAP_ANNOTATIONS_FILE"), None)
+if not target:
+    errors.append("the uploader has no --annotations-file")
+else:
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    ok = False
+    for m in up.get("volumeMounts", []):
+        items = vols.get(m["name"], {}).get("downwardAPI", {}).get("items", [])
+        for it in items:
+            if it.get("fieldRef", {}).get("fieldPath") == "metadata.annotations" \
+               and os.path.join(m["mountPath"], it["path"]) == target:
+                ok = True
+    if not ok:
+        errors.append(f"{target} is not a metadata.annotations file of a downwardAPI volume mounted in the uploader")
+print("; ".join(errors))
+sys.exit(1 if errors else 0)
+'
+if out="$("$bin/python" -c "$snap_check" k8s/examples/deployment.yaml 2>&1)"; then ok "annotations file mounted from the Downward API, triggers in the header"
+else bad "snapshot trigger wiring: $out"; fi
+# ...and the check must be able to fail: the same manifest without the mount.
+sed '/name: podinfo  #/,+2d' k8s/examples/deployment.yaml > "$tmp/no-podinfo.yaml"
+if "$bin/python" -c "$snap_check" "$tmp/no-podinfo.yaml" >/dev/null 2>&1; then bad "a missing annotations mount passed"
+else ok "a missing annotations mount is caught"; fi
+
 echo "== checkov (Dockerfile, k8s/)"
 # The overlay's sources are checked as rendered (the component's patch alone is no workload).
 k8s_files=(k8s/examples/*.yaml)

@@ -48,6 +48,9 @@ pub enum Command {
     /// The preStop path: wait for the capture to be final, then upload every file before the deadline.
     #[command(after_help = EXIT_CODES)]
     Upload(Box<crate::upload::args::UploadArgs>),
+    /// Flight recorder: finish the capture's current file and upload the last minutes (or the whole ring) with a manifest, now. Run in the uploader container (kubectl exec).
+    #[command(after_help = EXIT_CODES)]
+    Snapshot(Box<crate::upload::snapshot::SnapshotArgs>),
     /// Make pcap files left by a killed capture readable: cut a torn last record; cut out (and report) damage before the end, keeping every record around it.
     #[command(after_help = EXIT_CODES)]
     Repair(crate::repair::RepairArgs),

@@ -22,6 +22,9 @@ pub const REJECTED: u8 = 6;
 /// Repair: a file had damage before its end (not just a torn last record). The damaged spans
 /// were removed (with `--dry-run`: would be) and listed; every complete record around them kept.
 pub const DAMAGED: u8 = 7;
+/// Snapshot: the running capture did not answer the request (a capture older than snapshots,
+/// or stuck); its finished files were uploaded, the file it was writing is not in the snapshot.
+pub const SNAPSHOT_UNANSWERED: u8 = 8;
 /// A second SIGTERM/SIGINT forced an immediate exit before the graceful stop finished.
 pub const FORCED: u8 = 130;
 
@@ -41,6 +44,8 @@ Exit codes:
   6    upload permanently rejected by the receiver
   7    repair: damage before the end of a file (not just a torn last record); the damaged
        spans were cut out (--dry-run: would be) and listed, every record around them kept
+  8    snapshot: the running capture did not answer (older than snapshots, or stuck); its
+       finished files were uploaded, the file it was writing is not in the snapshot
   130  forced exit on a second SIGTERM/SIGINT";
 
 /// Errors that know which exit code they mean.

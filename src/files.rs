@@ -11,6 +11,8 @@
 //!   no marker means the capture died (or never started).
 //! - `<prefix>.done` is a small JSON marker written atomically, last, on every stop the process
 //!   survives (clean or not): the uploader uses it to know the capture is final.
+//! - Snapshot requests, answers and pins (`<prefix>.snapshot-request.<id>`, `.snapshot-ack.<id>`,
+//!   `.pin.<id>`) are described in [`crate::snapshot`]; the ring skips pinned files.
 //! - Only regular files count: the lock, the marker and capture files are opened without
 //!   following symbolic links and never wait on a FIFO ([`crate::volume`]); a name of ours that
 //!   is a link or a special file was planted, and is refused with a warning, never followed.
@@ -363,13 +365,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The ring bound: which finished files to delete so that a count and a total size hold.
-/// Pure bookkeeping; the writer does the deleting.
+/// Pure bookkeeping; the writer does the deleting. Files a snapshot pins
+/// ([`crate::snapshot`]) are never deleted and do not count against the bound while pinned.
 #[derive(Debug, Default)]
 pub struct Ring {
     pub max_files: Option<u64>,
     pub max_total: Option<u64>,
     finished: VecDeque<(PathBuf, u64)>,
     finished_bytes: u64,
+    pins: Option<std::sync::Arc<crate::snapshot::PinSet>>,
+    /// Bytes of pinned files as the last eviction that had to look found them.
+    pinned_bytes: u64,
 }
 
 impl Ring {
@@ -387,8 +393,15 @@ impl Ring {
         self.finished.push_back((path, size));
     }
 
+    /// Skips the files `pins` names when evicting (see [`crate::snapshot`]).
+    pub fn with_pins(mut self, pins: std::sync::Arc<crate::snapshot::PinSet>) -> Self {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// Bytes of finished files counted against the bound: pinned files are not.
     pub fn finished_bytes(&self) -> u64 {
-        self.finished_bytes
+        self.finished_bytes.saturating_sub(self.pinned_bytes)
     }
 
     pub fn len(&self) -> usize {
@@ -400,27 +413,45 @@ impl Ring {
     }
 
     /// Files to delete, oldest first, so that `open_files` more files fit under the count and
-    /// `open_bytes` more bytes fit under the total. Returns them removed from the ring.
+    /// `open_bytes` more bytes fit under the total. Returns them removed from the ring. Pinned
+    /// files are skipped and not counted; the pins are consulted only when the bound is
+    /// reached, so the writer's hot path never takes their lock.
     pub fn evict(&mut self, open_files: u64, open_bytes: u64) -> Vec<(PathBuf, u64)> {
+        let over = |files: u64, bytes: u64| {
+            self.max_files.is_some_and(|m| files + open_files > m)
+                || self.max_total.is_some_and(|m| bytes + open_bytes > m)
+        };
         let mut out = Vec::new();
-        loop {
-            let over_count = self
-                .max_files
-                .is_some_and(|m| self.finished.len() as u64 + open_files > m);
-            let over_size = self
-                .max_total
-                .is_some_and(|m| self.finished_bytes + open_bytes > m);
-            if !(over_count || over_size) {
-                break;
-            }
-            match self.finished.pop_front() {
-                Some((p, s)) => {
-                    self.finished_bytes -= s;
-                    out.push((p, s));
-                }
-                None => break,
+        if !over(self.finished.len() as u64, self.finished_bytes) {
+            self.pinned_bytes = 0;
+            return out;
+        }
+        let pinned: Vec<bool> = match self.pins.as_ref().filter(|p| !p.is_empty()) {
+            Some(p) => self.finished.iter().map(|(f, _)| p.is_pinned(f)).collect(),
+            None => vec![false; self.finished.len()],
+        };
+        let (mut files, mut bytes) = (0u64, 0u64);
+        self.pinned_bytes = 0;
+        for ((_, s), p) in self.finished.iter().zip(&pinned) {
+            if *p {
+                self.pinned_bytes += s;
+            } else {
+                files += 1;
+                bytes += s;
             }
         }
+        let mut keep = VecDeque::with_capacity(self.finished.len());
+        for ((path, size), p) in std::mem::take(&mut self.finished).into_iter().zip(pinned) {
+            if !p && over(files, bytes) {
+                files -= 1;
+                bytes -= size;
+                self.finished_bytes -= size;
+                out.push((path, size));
+            } else {
+                keep.push_back((path, size));
+            }
+        }
+        self.finished = keep;
         out
     }
 }

@@ -19,6 +19,7 @@ pub mod pcapfile;
 pub mod pcapng;
 pub mod process;
 pub mod repair;
+pub mod snapshot;
 pub mod term;
 pub mod upload;
 pub mod volume;

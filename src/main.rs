@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         }
         Command::Uploader(args) => report(sidecap::upload::run_uploader(&args, shutdown)),
         Command::Upload(args) => report(sidecap::upload::run_upload(&args, shutdown)),
+        Command::Snapshot(args) => report(sidecap::upload::snapshot::run(&args, shutdown)),
         Command::Repair(args) => report(sidecap::repair::run(&args)),
     };
     ExitCode::from(code)

@@ -173,6 +173,11 @@ impl Shutdown {
         u8::try_from(self.inner.final_code.load(Ordering::SeqCst)).ok()
     }
 
+    /// Starts a new file as SIGHUP does (a snapshot request read off the volume).
+    pub fn request_rotation(&self) {
+        self.hup();
+    }
+
     /// Number of SIGHUPs received so far.
     pub fn hups(&self) -> u64 {
         self.inner.hups.load(Ordering::SeqCst)

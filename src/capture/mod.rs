@@ -9,6 +9,7 @@ pub mod keylog;
 pub mod output;
 pub mod report;
 pub mod rotate;
+pub mod snapshot;
 pub mod source;
 pub mod stdout;
 pub mod writer;
@@ -213,13 +214,14 @@ fn open_sink(
     mut framing: format::Framing,
     metrics: &Arc<CaptureMetrics>,
     shutdown: &Shutdown,
+    pins: &Arc<crate::snapshot::PinSet>,
 ) -> Result<Sink, CaptureError> {
     let Dest::Dir(layout) = dest else {
         let header = framing.header(metrics);
         let s = stdout::StdoutSink::create(&header, metrics.clone(), shutdown.clone())?;
         return Ok(Sink::Stdout(s));
     };
-    let ring = Ring::new(cfg.max_files, cfg.max_total_size);
+    let ring = Ring::new(cfg.max_files, cfg.max_total_size).with_pins(pins.clone());
     let writer = Writer::create(layout.clone(), framing, ring, cfg.fsync, metrics.clone())
         .map_err(|e| match e {
             writer::WriteError::Create { source, .. }
@@ -276,7 +278,7 @@ pub fn run(args: &CaptureArgs, shutdown: Shutdown) -> Result<(), CaptureError> {
         return stopped_before_capture(&cfg, &dest, started, &shutdown);
     };
     let linktype = src.linktype;
-    let (end, summary) = capture(&cfg, src, &dest, &metrics, &shutdown)?;
+    let (end, summary) = capture(&cfg, src, &dest, &metrics, &shutdown, started)?;
     let error = summary.error.clone().or(end.error.clone());
     let marker = done_marker(&cfg, linktype, started, end, summary, error.as_deref());
     finish(&cfg, &dest, marker, error, &shutdown)
@@ -303,11 +305,13 @@ fn capture(
     dest: &Dest,
     metrics: &Arc<CaptureMetrics>,
     shutdown: &Shutdown,
+    started: SystemTime,
 ) -> Result<(source::LoopEnd, writer::WriterSummary), CaptureError> {
     let linktype = src.linktype;
     let framing = format::Framing::new(cfg, linktype);
     let overhead = framing.overhead();
-    let writer = open_sink(cfg, dest, framing, metrics, shutdown)?;
+    let pins = Arc::new(crate::snapshot::PinSet::default());
+    let writer = open_sink(cfg, dest, framing, metrics, shutdown, &pins)?;
     drop_capabilities_after_open(dest.dir())?;
     let first_path = writer.current_path();
     let first = first_path
@@ -338,6 +342,7 @@ fn capture(
         })?;
     let capture_thread = spawn_capture(src, cfg, overhead, tx, free_rx, metrics, shutdown)?;
     let status = start_terminal_ui(cfg, metrics, dest, first_path, shutdown);
+    let snapshots = snapshot_watcher(cfg, dest, pins, metrics, shutdown, started);
     let end = capture_thread
         .join()
         .map_err(|_| CaptureError::Runtime("the capture thread panicked".into()))??;
@@ -345,6 +350,7 @@ fn capture(
         .join()
         .map_err(|_| CaptureError::Runtime("the writer thread panicked".into()))?;
     drop(status); // erases the status line; the summary below has the final figures
+    drop(snapshots);
     Ok((end, summary))
 }
 
@@ -470,6 +476,36 @@ fn finish(
             marker_note(false)
         ))),
     }
+}
+
+/// Answers snapshot requests and reads pins on its own thread (files only: `-w -` has no ring).
+fn snapshot_watcher(
+    cfg: &CaptureConfig,
+    dest: &Dest,
+    pins: Arc<crate::snapshot::PinSet>,
+    metrics: &Arc<CaptureMetrics>,
+    shutdown: &Shutdown,
+    started: SystemTime,
+) -> Option<snapshot::Watcher> {
+    let Dest::Dir(layout) = dest else {
+        return None;
+    };
+    let kernel_note = match cfg.interface.as_str() {
+        "lo" | "any" => "libpcap ps_recv/ps_drop; on lo and any the kernel counts each packet twice, so dropped is about twice the real loss",
+        _ => "libpcap ps_recv/ps_drop/ps_ifdrop",
+    };
+    let cx = snapshot::Context {
+        layout: layout.clone(),
+        pins,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        interface: cfg.interface.clone(),
+        kernel_note: kernel_note.into(),
+        started,
+    };
+    snapshot::spawn(cx)
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot start the snapshot thread: snapshot requests will time out."))
+        .ok()
 }
 
 /// Writes the done marker (one retry: a momentary EMFILE or ENOSPC often passes) and tells the

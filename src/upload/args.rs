@@ -173,4 +173,7 @@ pub struct UploaderArgs {
     /// `off` disables it.
     #[arg(long, env = "SIDECAP_LISTEN", default_value = DEFAULT_UPLOADER_LISTEN)]
     pub listen: String,
+
+    #[command(flatten)]
+    pub annotations: super::annotations::AnnotationArgs,
 }

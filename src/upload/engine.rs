@@ -101,6 +101,11 @@ impl Engine {
         &self.ledger
     }
 
+    /// The HTTP client, for the snapshot manifest (a small JSON document, not a capture file).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
     /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
     /// `horizon` is the end of the whole run (`deadline` may be a file's share of it): the

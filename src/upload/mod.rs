@@ -13,6 +13,7 @@
 //! cancellable, so at `deadline + min(margin / 2, 1 s)` the watchdog ends the process (exit 5,
 //! or the exit code already decided) whatever the runtime is doing.
 
+pub mod annotations;
 pub mod args;
 pub mod blocking;
 mod body;
@@ -23,11 +24,13 @@ pub mod engine;
 pub mod hooks;
 pub mod ledger;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod redact;
 pub mod report;
 mod request;
 pub mod retry;
+pub mod snapshot;
 pub mod state;
 
 use std::io::{self, Write as _};
@@ -78,6 +81,9 @@ pub enum UploadError {
         left: usize,
         files: String,
     },
+    /// `sidecap snapshot` did not finish cleanly: `code` is the exit code it decided.
+    #[error("snapshot: {reason}")]
+    Snapshot { code: u8, reason: String },
 }
 
 impl ExitStatus for UploadError {
@@ -90,6 +96,7 @@ impl ExitStatus for UploadError {
             UploadError::Start { .. } | UploadError::Runtime(_) => exit::RUNTIME,
             UploadError::Deadline { .. } | UploadError::Stopped { .. } => exit::DEADLINE,
             UploadError::Rejected { .. } => exit::REJECTED,
+            UploadError::Snapshot { code, .. } => *code,
         }
     }
 }
@@ -289,10 +296,10 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     };
     let rt = runtime()?;
     let metrics = Arc::new(UploadMetrics::default());
-    let engine = {
+    let engine = Arc::new({
         let _guard = rt.enter();
         engine(cfg.clone(), metrics.clone())?
-    };
+    });
     let token = shutdown.token();
     if let Some(listener) = listener {
         let metrics = metrics.clone();
@@ -310,7 +317,11 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
         continuous = args.continuous,
         "Uploader ready."
     );
+    let watch = annotations_watch(args, poll)?;
     rt.block_on(async {
+        if let Some(w) = watch {
+            tokio::spawn(annotations::watch(engine.clone(), w, token.clone()));
+        }
         if args.continuous {
             hooks::continuous(&engine, poll, file_timeout, token.clone()).await;
         } else {
@@ -323,4 +334,27 @@ pub fn run_uploader(args: &args::UploaderArgs, shutdown: Shutdown) -> Result<(),
     );
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// The annotation trigger's settings, when `--annotations-file` is set.
+fn annotations_watch(
+    args: &args::UploaderArgs,
+    poll: Duration,
+) -> Result<Option<annotations::Watch>, UploadError> {
+    let a = &args.annotations;
+    let Some(file) = a.annotations_file.clone() else {
+        return Ok(None);
+    };
+    let timeout = crate::config::parse_duration(&a.snapshot_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            UploadError::Invalid("--snapshot-timeout must be a positive duration".into())
+        })?;
+    Ok(Some(annotations::Watch {
+        file,
+        key: a.snapshot_annotation.clone(),
+        timeout,
+        poll,
+    }))
 }

@@ -199,7 +199,7 @@ async fn exchange(
 }
 
 /// Maps a reqwest error to a transport class and a message with no URL and no secret in it.
-fn classify_reqwest(e: &reqwest::Error, r: &Redactor) -> (TransportError, String) {
+pub(super) fn classify_reqwest(e: &reqwest::Error, r: &Redactor) -> (TransportError, String) {
     let mut chain = Vec::new();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {

@@ -10,7 +10,7 @@
 #   initContainers: uploader (restartPolicy: Always), capture (restartPolicy: Always, startupProbe)
 #   containers:     main
 # Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
-# upload with rotation), short-grace (the deadline hits with files left), least-privilege. The
+# upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege. The
 # uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
@@ -72,12 +72,29 @@ caps_of() {
 }
 
 # start_pod NAME GRACE RECEIVER_DELAY "UPLOADER ARGS" "CAPTURE ARGS" "APP ARGS"
+# A Downward API volume update the way the kubelet's AtomicWriter (pkg/volume/util/
+# atomic_writer.go) does it: the payload goes into a new timestamped directory, a `..data_tmp` link
+# to it is renamed over `..data` (one rename(2): readers see the old or the new version, never a
+# mix), the user-visible name is a link into `..data`, and the old directory is removed.
+downward_write() { # dir annotations-text
+  local d="$1" ts old
+  ts="..$(date -u +%Y_%m_%d_%H_%M_%S).$(date +%N)"
+  mkdir -m 0755 "$d/$ts" && printf '%s\n' "$2" > "$d/$ts/annotations" && chmod 0644 "$d/$ts/annotations"
+  old="$(readlink "$d/..data" 2>/dev/null)"
+  ln -s "$ts" "$d/..data_tmp" && mv -T "$d/..data_tmp" "$d/..data"
+  [ -L "$d/annotations" ] || ln -s ..data/annotations "$d/annotations"
+  if [ -n "$old" ]; then rm -rf "${d:?}/$old"; fi
+}
 start_pod() {
   pod="sidecap-e2e-$1"; grace="$2"; dir="$work/$1"
   mkdir -p "$dir/vol" "$dir/recv" "$dir/secret"
   # emptyDir directories are created 0777 by the kubelet (volume/emptydir: perm 0777).
   chmod 0777 "$dir/vol" "$dir/recv"
   printf '%s' "$token" > "$dir/secret/token"; chmod 0444 "$dir/secret/token"
+  # The Downward API volume with the Pod's annotations (the snapshot trigger), as the kubelet
+  # lays it out.
+  mkdir -m 0755 "$dir/podinfo"
+  downward_write "$dir/podinfo" 'kubernetes.io/config.seen="2026-12-01T10:00:00Z"'
   # The webhook is reached by name through a DNS server in the pod (pod.py): the static binary's
   # resolver is exercised as cluster DNS would exercise it.
   printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:1\n' > "$dir/resolv.conf"
@@ -99,6 +116,7 @@ start_pod() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
     --cap-drop ALL --security-opt no-new-privileges \
     -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
+    -v "$dir/podinfo:/etc/podinfo:ro" \
     -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
     -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
     -e "SIDECAP_GRACE_PERIOD=${grace}s" -e SIDECAP_DIR=/capture \
@@ -248,6 +266,20 @@ identity_headers() {
   [ -n "$h" ] && grep -qi "^authorization: Bearer $token" "$h" && grep -qi "^x-sidecap-pod-name: $pod\$" "$h"
 }
 report() { jq -r "$1" "$dir/vol/capture.upload-report.json" 2>/dev/null; }
+manifests() { find "$dir/recv" -maxdepth 1 -name '*-capture-snapshot-*.json' | sort; }
+manifest_is() { # file trigger reason: the trigger, the reason, the Pod, at least one file
+  jq -e --arg t "$2" --arg r "$3" --arg p "$pod" \
+    '.trigger == $t and .reason == $r and .pod.name == $p and .pod.namespace == "e2e" and (.files | length) > 0 and .packets > 0' \
+    "$1" >/dev/null || { echo "    $1:"; jq -c '{trigger, reason, pod, packets, files: [.files[].name]}' "$1"; return 1; }
+}
+manifest_files_received() { # every file the manifest lists arrived, with the SHA-256 it states
+  local name sha got
+  while read -r name sha; do
+    got="$(find "$dir/recv" -maxdepth 1 -name "*-$name" | head -1)"
+    [ -n "$got" ] || { echo "    $name listed but not received"; return 1; }
+    [ "$(sha256sum < "$got" | cut -d' ' -f1)" = "$sha" ] || { echo "    $name: SHA-256 differs"; return 1; }
+  done < <(jq -r '.files[] | "\(.name) \(.sha256)"' "$1")
+}
 # (not `podman logs | grep -q`: grep's early exit would fail the pipeline under pipefail)
 summary_in_log() { in_log 'Upload summary'; }
 in_log() { local log; log="$(podman logs "$pod-uploader" 2>&1)"; grep -q "$1" <<<"$log"; }
@@ -317,9 +349,24 @@ case=deployment
 echo "== deployment: the Pod is deleted while main still runs; rotation + continuous upload (grace 20s)"
 before=$fail
 # The capture writes pcapng, as the manifests in k8s/examples do.
-if start_pod deploy 20 0 "--continuous --poll-interval 500ms" "--max-total-size 64MiB --rotate-interval 2s --format pcapng" "serve 0 0.2"; then
+if start_pod deploy 20 0 "--continuous --poll-interval 500ms --annotations-file /etc/podinfo/annotations" "--max-total-size 64MiB --rotate-interval 2s --format pcapng" "serve 0 0.2"; then
   sleep 7   # main keeps making requests; the capture rotates, the uploader ships finished files
   check "continuous mode uploaded files while the app ran" [ -n "$(received_files)" ]
+  # Flight recorder, trigger 1: `kubectl annotate pod ... sidecap.io/snapshot=...`, delivered the
+  # way the kubelet updates the Downward API volume.
+  downward_write "$dir/podinfo" "$(printf '%s\n%s' 'kubernetes.io/config.seen="2026-12-01T10:00:00Z"' 'sidecap.io/snapshot="e2e incident \"one\""')"
+  for _ in $(seq 1 300); do [ -n "$(manifests)" ] && break; sleep 0.1; done
+  check "annotation: one snapshot manifest received" [ "$(manifests | wc -l)" = 1 ]
+  check "annotation: the manifest names the trigger, the reason and the Pod" manifest_is "$(manifests | head -1)" annotation 'e2e incident "one"'
+  check "annotation: every file it lists was received, SHA-256 as stated" manifest_files_received "$(manifests | head -1)"
+  # Trigger 2: `kubectl exec POD -c uploader -- /sidecap snapshot` (the container's environment).
+  podman exec "$pod-uploader" /sidecap snapshot --last 1m --reason "e2e exec" > "$dir/snapshot.out" 2>&1
+  echo $? > "$dir/snapshot.rc"
+  check "exec: sidecap snapshot exited 0 and printed its summary" \
+    grep -q '^snapshot .*manifest capture-snapshot-.* uploaded; done' "$dir/snapshot.out"
+  check "exec: exit code 0" [ "$(cat "$dir/snapshot.rc")" = 0 ]
+  check "exec: a second manifest, trigger exec" manifest_is "$(manifests | tail -1)" exec "e2e exec"
+  check "exec: every file it lists was received, SHA-256 as stated" manifest_files_received "$(manifests | tail -1)"
   delete_pod "$prestop"
   show_timeline
   lifecycle_asserts

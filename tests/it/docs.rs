@@ -13,6 +13,7 @@ const PAGES: &[(&str, &str)] = &[
     ("capture", "docs/capture.md"),
     ("uploader", "docs/upload.md"),
     ("upload", "docs/upload.md"),
+    ("snapshot", "docs/upload.md"),
     ("repair", "docs/capture.md"),
 ];
 

@@ -13,4 +13,5 @@ mod pcapng;
 mod receiver;
 mod report;
 mod security;
+mod snapshot;
 mod upload;
