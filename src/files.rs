@@ -399,6 +399,12 @@ impl Ring {
         self
     }
 
+    /// Bytes of every finished file the ring holds, pinned or not: what is on the volume
+    /// (`sidecap_dir_bytes`).
+    pub fn on_disk_bytes(&self) -> u64 {
+        self.finished_bytes
+    }
+
     /// Bytes of finished files counted against the bound: pinned files are not.
     pub fn finished_bytes(&self) -> u64 {
         self.finished_bytes.saturating_sub(self.pinned_bytes)

@@ -261,7 +261,7 @@ impl Writer {
                 self.metrics.bytes_written.fetch_add(n, Relaxed);
                 self.metrics
                     .dir_bytes
-                    .store(self.ring.finished_bytes() + cur.len, Relaxed);
+                    .store(self.ring.on_disk_bytes() + cur.len, Relaxed);
                 self.wrote_ok();
                 Ok(())
             }
@@ -499,7 +499,7 @@ impl Writer {
         self.ring.push(done, cur.len);
         self.metrics
             .dir_bytes
-            .store(self.ring.finished_bytes(), Relaxed);
+            .store(self.ring.on_disk_bytes(), Relaxed);
         Ok(())
     }
 }

@@ -202,34 +202,10 @@ pub async fn send(
                 r.error = Some(e);
                 RetryAction::Retry { retry_after: None }
             }
-            Ok(req) => {
-                let sent = tokio::select! {
-                    s = req.send() => s,
-                    _ = cancel.cancelled() => continue,
-                };
-                match sent {
-                    Ok(resp) => {
-                        let code = resp.status().as_u16();
-                        r.http_status = Some(code);
-                        let after = resp
-                            .headers()
-                            .get(header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let a = retry::classify_status(code, after.as_deref(), SystemTime::now());
-                        if a != RetryAction::Success {
-                            r.error = Some(format!("HTTP {code}"));
-                        }
-                        a
-                    }
-                    Err(e) => {
-                        let (kind, msg) =
-                            super::request::classify_reqwest(&e, &engine.config().redactor);
-                        r.error = Some(msg);
-                        retry::classify_transport(kind)
-                    }
-                }
-            }
+            Ok(req) => match exchange(req, engine, &mut r, cancel).await {
+                Some(a) => a,
+                None => continue,
+            },
         };
         match action {
             RetryAction::Success => {
@@ -254,6 +230,40 @@ pub async fn send(
             }
         }
     }
+}
+
+/// Sends one request; the retry action its answer calls for, None when `cancel` ended it.
+async fn exchange(
+    req: reqwest::RequestBuilder,
+    engine: &Engine,
+    r: &mut FileResult,
+    cancel: &CancellationToken,
+) -> Option<RetryAction> {
+    let sent = tokio::select! {
+        s = req.send() => s,
+        _ = cancel.cancelled() => return None,
+    };
+    Some(match sent {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            r.http_status = Some(code);
+            let after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let a = retry::classify_status(code, after.as_deref(), SystemTime::now());
+            if a != RetryAction::Success {
+                r.error = Some(format!("HTTP {code}"));
+            }
+            a
+        }
+        Err(e) => {
+            let (kind, msg) = super::request::classify_reqwest(&e, &engine.config().redactor);
+            r.error = Some(msg);
+            retry::classify_transport(kind)
+        }
+    })
 }
 
 /// One request carrying the manifest, with the headers every upload carries.

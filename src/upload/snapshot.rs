@@ -437,6 +437,27 @@ async fn ask_capture(
     if let Some(Err(e)) = blocking(move || contract::write_json(&rp, &req)).await {
         return note(format!("cannot write the snapshot request: {e}"), true);
     }
+    if let Some(a) = await_ack(layout, id, &req_path, ack_path, timeout, cancel).await {
+        return a;
+    }
+    remove_quietly(req_path).await;
+    let s = format!(
+        "the capture did not answer the snapshot request within {} s: it runs a sidecap without snapshots (older than this uploader) or is stuck; its finished files are uploaded, the file it is writing is not",
+        timeout.as_secs()
+    );
+    tracing::error!(snapshot = %id, "{s}");
+    note(s, true)
+}
+
+/// Polls for the capture's answer until `timeout`: Some when it answered or became final.
+async fn await_ack(
+    layout: &Layout,
+    id: &str,
+    req_path: &std::path::Path,
+    ack_path: std::path::PathBuf,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Option<Asked> {
     let t0 = Instant::now();
     let mut looks = 0u32;
     while t0.elapsed() < timeout && !cancel.is_cancelled() {
@@ -450,36 +471,31 @@ async fn ask_capture(
                 "capture finished {} for the snapshot",
                 a.finished.as_deref().unwrap_or("no file (none was open)")
             );
-            return Asked {
+            return Some(Asked {
                 ack: Some(a),
                 note: s,
                 unanswered: false,
-            };
+            });
         }
         looks += 1;
         if looks % 10 == 0 {
             let l = layout.clone();
             let st = blocking(move || state::capture_state(&l)).await;
             if let Some(st) = st.filter(|s| s.is_final()) {
-                remove_quietly(req_path).await;
-                return note(
-                    format!(
+                remove_quietly(req_path.to_path_buf()).await;
+                return Some(Asked {
+                    ack: None,
+                    note: format!(
                         "capture {} before it answered: every file is final",
                         st.describe()
                     ),
-                    false,
-                );
+                    unanswered: false,
+                });
             }
         }
         tokio::time::sleep(ACK_POLL).await;
     }
-    remove_quietly(req_path).await;
-    let s = format!(
-        "the capture did not answer the snapshot request within {} s: it runs a sidecap without snapshots (older than this uploader) or is stuck; its finished files are uploaded, the file it is writing is not",
-        timeout.as_secs()
-    );
-    tracing::error!(snapshot = %id, "{s}");
-    note(s, true)
+    None
 }
 
 fn duration(flag: &str, v: &str) -> Result<Duration, UploadError> {
