@@ -98,8 +98,8 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_FILTER", conflicts_with = "expression")]
     pub filter: Option<String>,
 
-    /// Wait up to this long for the interface to appear (e.g. a VPN's tun0 or a veth created
-    /// later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait. A stop
+    /// Wait up to this long for the interface to appear and be up (e.g. a VPN's tun0 or a veth
+    /// created later) instead of failing at once; /readyz stays 503 meanwhile. 0 = do not wait. A stop
     /// signal meanwhile is a clean stop: exit 0 and a marker saying nothing was captured.
     #[arg(long, env = "SIDECAP_WAIT_FOR_INTERFACE", default_value = "0s")]
     pub wait_for_interface: String,

@@ -71,16 +71,34 @@ fn interface_exists(name: &str, names: &[String]) -> bool {
     names.iter().any(|n| n == name) || std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Waits up to `cfg.wait_for_interface` for the interface to exist. Returns early on a stop.
+/// Whether a network interface that exists is administratively up (IFF_UP in
+/// /sys/class/net/NAME/flags): libpcap cannot open a down one ("That device is not up"). Names
+/// without a /sys entry (`any`, pseudo-devices) count as up.
+fn interface_up(name: &str) -> bool {
+    let flags = std::path::Path::new("/sys/class/net")
+        .join(name)
+        .join("flags");
+    match std::fs::read_to_string(flags) {
+        Ok(s) => {
+            u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).map_or(true, |f| f & 1 != 0)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Waits up to `cfg.wait_for_interface` for the interface to exist and be up (a CNI plugin
+/// creates it, then configures and raises it). Returns early on a stop.
 pub fn wait_for_interface(cfg: &CaptureConfig, shutdown: &Shutdown) {
-    if cfg.wait_for_interface.is_zero() || interface_exists(&cfg.interface, &interface_names()) {
+    let ready =
+        |names: &[String]| interface_exists(&cfg.interface, names) && interface_up(&cfg.interface);
+    if cfg.wait_for_interface.is_zero() || ready(&interface_names()) {
         return;
     }
-    tracing::info!(interface = %cfg.interface, wait = ?cfg.wait_for_interface, "Waiting for the interface to appear; a stop signal ends the wait and the capture cleanly.");
+    tracing::info!(interface = %cfg.interface, wait = ?cfg.wait_for_interface, "Waiting for the interface to appear and be up; a stop signal ends the wait and the capture cleanly.");
     let t0 = Instant::now();
     while t0.elapsed() < cfg.wait_for_interface && !shutdown.is_triggered() {
         std::thread::sleep(Duration::from_millis(100));
-        if interface_exists(&cfg.interface, &[]) {
+        if ready(&[]) {
             return;
         }
     }

@@ -504,6 +504,9 @@ fn readyz_is_503_until_capture_is_live_then_metrics_match_the_file() {
         &format!("{late}p"),
     ]);
     ns.exec_ok(&["ip", "addr", "add", "10.232.0.1/24", "dev", &late]);
+    // It exists but is down for a while, as while a CNI plugin configures it: the wait goes on
+    // until it is up (opening a down interface fails: "That device is not up").
+    std::thread::sleep(Duration::from_millis(400));
     ns.exec_ok(&["ip", "link", "set", &late, "up"]);
     ns.exec_ok(&["ip", "link", "set", &format!("{late}p"), "up"]);
     // A static neighbour: datagrams leave at once instead of waiting for ARP.
