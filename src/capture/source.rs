@@ -53,16 +53,9 @@ pub fn interface_names() -> Vec<String> {
     }
 }
 
-/// Does the process hold CAP_NET_RAW in its effective set?
+/// Does the process hold CAP_NET_RAW in its effective set? None when it cannot be told.
 pub fn has_cap_net_raw() -> Option<bool> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim()
-        .to_string();
-    let bits = u64::from_str_radix(&hex, 16).ok()?;
-    Some(bits & (1 << 13) != 0)
+    caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_RAW).ok()
 }
 
 pub const NET_RAW_HELP: &str = "capturing needs CAP_NET_RAW: run as root (sudo), or grant the binary the file capability (setcap cap_net_raw+ep /path/to/sidecap); in Kubernetes add securityContext.capabilities.add: [\"NET_RAW\"] to the capture container (and, for a non-root image, do not set allowPrivilegeEscalation: false)";
