@@ -106,6 +106,11 @@ impl Engine {
         &self.client
     }
 
+    /// The forwarder the client's connections go through (`--own-ports`), if any.
+    pub(super) fn own(&self) -> Option<&super::connect::OwnPorts> {
+        self.own.as_ref()
+    }
+
     /// Uploads one file before `deadline`, unless it is in the ledger. Waits for another
     /// uploader's lock on the file until `lock_until` at most (then the result is `busy`).
     /// `horizon` is the end of the whole run (`deadline` may be a file's share of it): the
@@ -352,7 +357,7 @@ impl Engine {
 }
 
 /// What to do after `a`; notes its HTTP status in `r` and its error in `last_error`.
-fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String) -> RetryAction {
+pub(super) fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String) -> RetryAction {
     match a {
         Attempt::Status {
             code,

@@ -8,14 +8,14 @@
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{self, HeaderValue};
+use base64::Engine as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::args::Method;
 use super::engine::Engine;
 use super::report::{FileResult, FileStatus};
+use super::request;
 use super::retry::{self, RetryAction};
 use crate::files::{self, KernelStats};
 use crate::snapshot::Ack;
@@ -162,7 +162,9 @@ pub fn describe(path: &std::path::Path, name: &str, limit: Option<u64>) -> FileE
     e
 }
 
-/// Sends the manifest until accepted, refused for good, the deadline or `cancel`.
+/// Sends the manifest until accepted, refused for good, the deadline or `cancel`: one request
+/// per attempt through the engine's client, built and read as a capture file's are
+/// ([`request`]), retried by the same rules.
 pub async fn send(
     engine: &Engine,
     name: &str,
@@ -176,38 +178,42 @@ pub async fn send(
         FileStatus::NotAttempted,
     );
     let sha = super::body::hex(&Sha256::digest(&body));
+    let body_sha_b64 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
     r.sha256 = Some(sha.clone());
     let key = super::engine::idempotency_key(&engine.config().pod_uid, name, &sha);
+    let p = request::Payload {
+        name,
+        sha256: &sha,
+        key: &key,
+        len: body.len() as u64,
+        body_sha_b64: &body_sha_b64,
+        media_type: MEDIA_TYPE,
+        gzip: false,
+    };
     let body = bytes::Bytes::from(body);
+    let mut last_error = String::new();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining < retry::MIN_ATTEMPT || cancel.is_cancelled() {
             if r.attempts > 0 {
                 r.status = FileStatus::Failed;
             }
-            r.error.get_or_insert_with(|| "deadline reached".into());
+            let why = if last_error.is_empty() {
+                "deadline reached".into()
+            } else {
+                last_error
+            };
+            r.error.get_or_insert(why);
             return r;
         }
         r.attempts += 1;
-        let req = request(
-            engine,
-            name,
-            body.clone(),
-            &sha,
-            &key,
-            remaining.min(ATTEMPT_MAX),
-        );
-        let action = match req {
-            Err(e) => {
-                r.error = Some(e);
-                RetryAction::Retry { retry_after: None }
-            }
-            Ok(req) => match exchange(req, engine, &mut r, cancel).await {
-                Some(a) => a,
-                None => continue,
-            },
+        let (client, cfg) = (engine.client(), engine.config());
+        let timeout = remaining.min(ATTEMPT_MAX);
+        let attempt = tokio::select! {
+            a = request::send_bytes(client, engine.own(), cfg, &p, body.clone(), r.attempts, timeout) => a,
+            _ = cancel.cancelled() => continue,
         };
-        match action {
+        match super::engine::classify(&attempt, &mut r, &mut last_error) {
             RetryAction::Success => {
                 r.status = FileStatus::Uploaded;
                 r.error = None;
@@ -215,6 +221,7 @@ pub async fn send(
             }
             RetryAction::Permanent => {
                 r.status = FileStatus::Rejected;
+                r.error = Some(last_error);
                 return r;
             }
             RetryAction::Retry { retry_after } => {
@@ -230,85 +237,4 @@ pub async fn send(
             }
         }
     }
-}
-
-/// Sends one request; the retry action its answer calls for, None when `cancel` ended it.
-async fn exchange(
-    req: reqwest::RequestBuilder,
-    engine: &Engine,
-    r: &mut FileResult,
-    cancel: &CancellationToken,
-) -> Option<RetryAction> {
-    let sent = tokio::select! {
-        s = req.send() => s,
-        _ = cancel.cancelled() => return None,
-    };
-    Some(match sent {
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            r.http_status = Some(code);
-            let after = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let a = retry::classify_status(code, after.as_deref(), SystemTime::now());
-            if a != RetryAction::Success {
-                r.error = Some(format!("HTTP {code}"));
-            }
-            a
-        }
-        Err(e) => {
-            let (kind, msg) = super::request::classify_reqwest(&e, &engine.config().redactor);
-            r.error = Some(msg);
-            retry::classify_transport(kind)
-        }
-    })
-}
-
-/// One request carrying the manifest, with the headers every upload carries.
-fn request(
-    engine: &Engine,
-    name: &str,
-    body: bytes::Bytes,
-    sha: &str,
-    key: &str,
-    timeout: Duration,
-) -> Result<reqwest::RequestBuilder, String> {
-    let cfg = engine.config();
-    let url = cfg.url_for(name).ok_or("no --url configured")?;
-    let method = match cfg.method {
-        Method::Post => reqwest::Method::POST,
-        Method::Put => reqwest::Method::PUT,
-    };
-    let mut req = engine.client().request(method, &url).timeout(timeout);
-    for (n, v) in cfg.headers.iter().chain(&cfg.pod) {
-        req = req.header(n, v);
-    }
-    if let Some(p) = &cfg.bearer_token_file {
-        let mut redactor = cfg.redactor.clone();
-        let t = super::config::read_token(p, &mut redactor)
-            .map_err(|e| crate::exit::with_causes(&e))?;
-        let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| e.to_string())?;
-        v.set_sensitive(true);
-        req = req.header(header::AUTHORIZATION, v);
-    }
-    req = req
-        .header("x-sidecap-file", name)
-        .header("x-sidecap-sha256", sha)
-        .header("idempotency-key", key);
-    if let Some(field) = &cfg.form {
-        let part = reqwest::multipart::Part::bytes(body.to_vec())
-            .file_name(name.to_string())
-            .mime_str(MEDIA_TYPE)
-            .map_err(|e| e.to_string())?;
-        return Ok(req.multipart(reqwest::multipart::Form::new().part(field.clone(), part)));
-    }
-    Ok(req
-        .header(header::CONTENT_TYPE, MEDIA_TYPE)
-        .header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{name}\""),
-        )
-        .body(body))
 }

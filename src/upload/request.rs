@@ -38,6 +38,35 @@ pub(super) struct Upload<'a> {
     pub key: &'a str,
 }
 
+/// What one request carries, whatever it is: a capture file (streamed, gzip'd with `--gzip`) or
+/// a small document such as a snapshot manifest. The headers, the token and `--form` are the
+/// same for both.
+pub(super) struct Payload<'a> {
+    pub name: &'a str,
+    /// SHA-256 (hex) of the content as stored: `x-sidecap-sha256`.
+    pub sha256: &'a str,
+    pub key: &'a str,
+    /// Length and SHA-256 (base64) of the body as sent: `Content-Length`, `Content-Digest`.
+    pub len: u64,
+    pub body_sha_b64: &'a str,
+    pub media_type: &'a str,
+    pub gzip: bool,
+}
+
+impl<'a> Payload<'a> {
+    fn of_upload(u: &'a Upload<'a>, cfg: &UploadConfig) -> Self {
+        Payload {
+            name: &u.c.name,
+            sha256: &u.prep.file_sha,
+            key: u.key,
+            len: u.prep.body_len,
+            body_sha_b64: &u.prep.body_sha_b64,
+            media_type: FileFormat::media_type_of(&u.c.name),
+            gzip: cfg.gzip,
+        }
+    }
+}
+
 /// One attempt, at most `remaining` long; `horizon` is the end of the whole run.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send_once(
@@ -55,7 +84,7 @@ pub(super) async fn send_once(
     let progress = Arc::new(body::Progress::default());
     let stream = body::body_stream(u.file.clone(), u.prep.file_len, cfg.gzip);
     let stream = body::tracked(stream, u.prep.body_len, progress.clone());
-    let req = match build(client, cfg, u, attempt, stream).await {
+    let req = match build(client, cfg, &Payload::of_upload(u, cfg), attempt, stream).await {
         Ok(r) => r.timeout(limits.total),
         Err(a) => return a,
     };
@@ -65,17 +94,34 @@ pub(super) async fn send_once(
     }
 }
 
+/// One attempt at a payload held in memory (a snapshot manifest), at most `timeout` long.
+pub(super) async fn send_bytes(
+    client: &reqwest::Client,
+    own: Option<&OwnPorts>,
+    cfg: &UploadConfig,
+    p: &Payload<'_>,
+    body: bytes::Bytes,
+    attempt: u32,
+    timeout: Duration,
+) -> Attempt {
+    let since = Instant::now();
+    match build(client, cfg, p, attempt, reqwest::Body::from(body)).await {
+        Ok(req) => exchange(req.timeout(timeout), &cfg.redactor, own, since).await,
+        Err(a) => a,
+    }
+}
+
 /// The request: URL, method, configured headers, the bearer token (read for every attempt, so
 /// a rotated Secret is picked up), the sidecap headers, and the body raw or as a form part.
 async fn build(
     client: &reqwest::Client,
     cfg: &UploadConfig,
-    u: &Upload<'_>,
+    p: &Payload<'_>,
     attempt: u32,
     body: reqwest::Body,
 ) -> Result<reqwest::RequestBuilder, Attempt> {
     let other = |m: String| Attempt::Transport(TransportError::Other, m);
-    let Some(url) = cfg.url_for(&u.c.name) else {
+    let Some(url) = cfg.url_for(p.name) else {
         return Err(other("no --url".into()));
     };
     let method = match cfg.method {
@@ -99,26 +145,26 @@ async fn build(
         }
     }
     req = req
-        .header("x-sidecap-file", &u.c.name)
-        .header("x-sidecap-sha256", &u.prep.file_sha)
+        .header("x-sidecap-file", p.name)
+        .header("x-sidecap-sha256", p.sha256)
         .header("x-sidecap-attempt", attempt.to_string())
-        .header("idempotency-key", u.key);
-    with_body(req, cfg, u, body).map_err(other)
+        .header("idempotency-key", p.key);
+    with_body(req, cfg, p, body).map_err(other)
 }
 
 /// The body as a multipart form part (`--form`) or raw, with its length, type and digest.
 fn with_body(
     req: reqwest::RequestBuilder,
     cfg: &UploadConfig,
-    u: &Upload<'_>,
+    p: &Payload<'_>,
     body: reqwest::Body,
 ) -> Result<reqwest::RequestBuilder, String> {
-    let (name, len) = (&u.c.name, u.prep.body_len);
+    let (name, len) = (p.name, p.len);
     if let Some(field) = &cfg.form {
-        let (fname, mime) = if cfg.gzip {
+        let (fname, mime) = if p.gzip {
             (format!("{name}.gz"), "application/gzip")
         } else {
-            (name.clone(), FileFormat::media_type_of(name))
+            (name.to_string(), p.media_type)
         };
         let part = reqwest::multipart::Part::stream_with_length(body, len)
             .file_name(fname)
@@ -127,18 +173,15 @@ fn with_body(
         return Ok(req.multipart(reqwest::multipart::Form::new().part(field.clone(), part)));
     }
     let req = req
-        .header(header::CONTENT_TYPE, FileFormat::media_type_of(name))
+        .header(header::CONTENT_TYPE, p.media_type)
         .header(header::CONTENT_LENGTH, len)
         .header(
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{name}\""),
         )
-        .header(
-            "content-digest",
-            format!("sha-256=:{}:", u.prep.body_sha_b64),
-        )
+        .header("content-digest", format!("sha-256=:{}:", p.body_sha_b64))
         .body(body);
-    Ok(if cfg.gzip {
+    Ok(if p.gzip {
         req.header(header::CONTENT_ENCODING, "gzip")
     } else {
         req
