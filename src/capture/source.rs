@@ -262,11 +262,39 @@ struct Batcher<F: Records> {
     /// kernel has handed us everything it held when the stop was requested.
     cutoff: Option<(u32, u32)>,
     past_cutoff: bool,
-    /// Buffers handed to the writer so far (tells whether a batch's start is still in `buf`).
-    handovers: u64,
+    /// Secrets read from the key log since the current buffer was started: they go in front of
+    /// it when it is handed over ([`Batcher::hand_over`]).
+    secrets: Vec<u8>,
 }
 
 impl<F: Records> Batcher<F> {
+    fn new(
+        cfg: &CaptureConfig,
+        out: Output<F>,
+        tx: Sender<Msg>,
+        free: Receiver<Vec<u8>>,
+        metrics: Arc<CaptureMetrics>,
+    ) -> Self {
+        Batcher {
+            buf: Vec::with_capacity(BUF_SIZE),
+            buf_packets: 0,
+            file_len: out.overhead,
+            file_has_packets: false,
+            file_opened: Instant::now(),
+            out,
+            policy: cfg.rotate,
+            tx,
+            free,
+            metrics,
+            broken: false,
+            packets: 0,
+            bytes: 0,
+            cutoff: None,
+            past_cutoff: false,
+            secrets: Vec::new(),
+        }
+    }
+
     #[inline]
     fn on_packet(&mut self, h: &pcap::PacketHeader, data: &[u8]) {
         let rec = F::record_len(data.len());
@@ -300,10 +328,17 @@ impl<F: Records> Batcher<F> {
 
     /// Sends the current buffer (if any) to the writer and takes a recycled one.
     fn hand_over(&mut self) {
+        if !self.secrets.is_empty() {
+            // Before every packet of the buffer: a server's handshake reaches us before the
+            // client has derived (and logged) the secret that decrypts it, so a secret read
+            // after a packet may still be that packet's. One move per buffer, only when the key
+            // log grew while it filled.
+            let secrets = std::mem::take(&mut self.secrets);
+            self.buf.splice(0..0, secrets);
+        }
         if self.buf.is_empty() {
             return;
         }
-        self.handovers += 1;
         let next = self
             .free
             .try_recv()
@@ -330,39 +365,12 @@ impl<F: Records> Batcher<F> {
         }
     }
 
-    /// Secrets the app wrote since the last look go in before the packets read next.
+    /// Secrets the app wrote since the last look: kept for the front of the current buffer.
     fn poll_keylog(&mut self) {
         if let Some(k) = self.out.keylog.as_mut() {
             let new = k.poll(Instant::now());
-            self.file_len += self.out.records.secrets(&mut self.buf, &new);
+            self.file_len += self.out.records.secrets(&mut self.secrets, &new);
         }
-    }
-
-    /// Where a batch of packets starts: taken before a read from the ring.
-    fn batch_mark(&self) -> (usize, u64) {
-        (self.buf.len(), self.handovers)
-    }
-
-    /// Secrets the app wrote while a batch was being read may be needed by packets of that
-    /// batch: an app writes a secret before it sends what the secret protects, so once we hold
-    /// a packet, its secret is in the key log. They go in before the batch's first packet (the
-    /// start of the current buffer if the batch began in one already handed over).
-    fn poll_keylog_after(&mut self, (at, handovers): (usize, u64)) {
-        let Some(k) = self.out.keylog.as_mut() else {
-            return;
-        };
-        let new = k.poll(Instant::now());
-        if new.is_empty() {
-            return;
-        }
-        let mut dsb = Vec::new();
-        self.file_len += self.out.records.secrets(&mut dsb, &new);
-        let at = if handovers == self.handovers {
-            at.min(self.buf.len())
-        } else {
-            0
-        };
-        self.buf.splice(at..at, dsb);
     }
 
     fn publish(&mut self) {
@@ -375,6 +383,7 @@ impl<F: Records> Batcher<F> {
     }
 }
 
+#[derive(Default)]
 struct Stats {
     recv: WrappingCounter,
     drop: WrappingCounter,
@@ -392,6 +401,14 @@ struct Stats {
 const STATS_EVERY: Duration = Duration::from_millis(20);
 
 impl Stats {
+    /// [`Stats::refresh`] unless it ran less than [`STATS_EVERY`] ago (it costs a getsockopt
+    /// and two sysfs reads).
+    fn refresh_if_stale(&mut self, cap: &mut Capture<Active>, metrics: &CaptureMetrics) {
+        if !matches!(self.refreshed, Some(t) if t.elapsed() < STATS_EVERY) {
+            self.refresh(cap, metrics);
+        }
+    }
+
     /// Reads the kernel's counters into the metrics; returns the received count.
     fn refresh(&mut self, cap: &mut Capture<Active>, m: &CaptureMetrics) -> Option<u64> {
         self.refreshed = Some(Instant::now());
@@ -455,7 +472,6 @@ fn drain<F: Records>(
             break;
         }
         b.poll_keylog();
-        let mark = b.batch_mark();
         match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
             Ok(0) => {
                 emptied = true;
@@ -468,7 +484,7 @@ fn drain<F: Records>(
                 let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
             }
             Ok(n) => {
-                b.poll_keylog_after(mark);
+                b.poll_keylog();
                 total += n as u64;
                 if emptied && at_stop.is_some() && stats.refresh(&mut src.cap, metrics) == at_stop {
                     break;
@@ -504,31 +520,8 @@ pub fn run_loop<F: Records>(
     let mut waker = shutdown
         .waker(true)
         .map_err(|e| CaptureError::Io(format!("wake-up socket: {e}")))?;
-    let mut b = Batcher {
-        buf: Vec::with_capacity(BUF_SIZE),
-        buf_packets: 0,
-        file_len: out.overhead,
-        file_has_packets: false,
-        file_opened: Instant::now(),
-        out,
-        policy: cfg.rotate,
-        tx,
-        free,
-        metrics: metrics.clone(),
-        broken: false,
-        packets: 0,
-        bytes: 0,
-        cutoff: None,
-        past_cutoff: false,
-        handovers: 0,
-    };
-    let mut stats = Stats {
-        recv: Default::default(),
-        drop: Default::default(),
-        ifdrop: Default::default(),
-        seen: None,
-        refreshed: None,
-    };
+    let mut b = Batcher::new(cfg, out, tx, free, metrics.clone());
+    let mut stats = Stats::default();
     stats.refresh(&mut src.cap, &metrics);
     let started = Instant::now();
     let stop_at = cfg.duration.map(|d| started + d);
@@ -543,13 +536,11 @@ pub fn run_loop<F: Records>(
         if shutdown.is_triggered() {
             reason = shutdown
                 .reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "stop requested".into());
+                .map_or("stop requested".into(), |r| r.to_string());
             break;
         }
         let limit = cfg.count.map(|c| (c - total).min(i32::MAX as u64) as usize);
         b.poll_keylog();
-        let mark = b.batch_mark();
         let n = match src.cap.dispatch(limit, |p| b.on_packet(p.header, p.data)) {
             Ok(n) => n,
             Err(e) => {
@@ -559,39 +550,16 @@ pub fn run_loop<F: Records>(
             }
         };
         if n > 0 {
-            b.poll_keylog_after(mark);
+            b.poll_keylog();
         }
         total += n as u64;
         b.publish();
-        if b.broken {
-            reason = "write error".into();
-            error = Some("the writer stopped".into());
-            break;
-        }
-        if cfg.count.is_some_and(|c| total >= c) {
-            reason = "count reached".into();
-            break;
-        }
         let now = Instant::now();
-        if stop_at.is_some_and(|t| now >= t) {
-            reason = "duration reached".into();
+        if let Some((why, err)) = limit_reached(&b, cfg, total, stop_at, now) {
+            (reason, error) = (why.to_string(), err);
             break;
         }
-        let hup_now = shutdown.hups();
-        if hup_now != hups {
-            hups = hup_now;
-            // One stream on stdout has one section: a "new file" there would restart the
-            // pcapng interface numbering in the middle of it.
-            if cfg.stdout {
-                tracing::info!("SIGHUP: writing to stdout, there is no file to rotate.");
-            } else {
-                tracing::info!("Rotating on SIGHUP.");
-                b.rotate();
-            }
-        }
-        if b.policy.deadline(b.file_opened).is_some_and(|d| now >= d) {
-            b.rotate();
-        }
+        rotate_when_due(&mut b, cfg, shutdown, &mut hups, now);
         if now >= next_flush {
             b.hand_over();
             b.send(Msg::Sync);
@@ -603,44 +571,109 @@ pub fn run_loop<F: Records>(
         }
         // The ring is read empty: the kernel's count now dates the packets it holds for us,
         // which lets a stop skip the retire wait (see Stats::all_visible_at).
-        if !matches!(stats.refreshed, Some(t) if t.elapsed() < STATS_EVERY) {
-            stats.refresh(&mut src.cap, &metrics);
-        }
+        stats.refresh_if_stale(&mut src.cap, &metrics);
         // Nothing to read: sleep until data, a signal, or the next timer.
-        let mut wake = next_flush;
-        if let Some(t) = stop_at {
-            wake = wake.min(t);
-        }
-        if let Some(d) = b.policy.deadline(b.file_opened) {
-            wake = wake.min(d);
-        }
-        let ms = wake
-            .saturating_duration_since(now)
-            .as_millis()
-            .clamp(1, 1000) as u16;
-        let mut fds = [
-            PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
-            PollFd::new(waker.as_fd(), PollFlags::POLLIN),
-        ];
-        let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
-        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
-        match polled {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                error = Some(format!("poll failed: {e}"));
-                reason = "capture error".into();
-                break;
-            }
-        }
-        if woken {
-            drain_waker(&mut waker);
+        let wake = [stop_at, b.policy.deadline(b.file_opened)]
+            .into_iter()
+            .flatten()
+            .fold(next_flush, Instant::min);
+        if let Err(e) = sleep_until(&src, &mut waker, wake, now) {
+            error = Some(format!("poll failed: {e}"));
+            reason = "capture error".into();
+            break;
         }
     }
 
-    if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
-        total += drain(&mut src, cfg, &mut b, &mut stats, &metrics, total);
+    Ok(finish(src, b, stats, cfg, &metrics, (reason, error), total))
+}
+
+/// Why the loop must end after a read, other than a signal: the writer stopped, `--count` or
+/// `--duration` reached. The reason and, for a failure, the error.
+fn limit_reached<F: Records>(
+    b: &Batcher<F>,
+    cfg: &CaptureConfig,
+    total: u64,
+    stop_at: Option<Instant>,
+    now: Instant,
+) -> Option<(&'static str, Option<String>)> {
+    if b.broken {
+        return Some(("write error", Some("the writer stopped".into())));
     }
-    stats.refresh(&mut src.cap, &metrics);
+    if cfg.count.is_some_and(|c| total >= c) {
+        return Some(("count reached", None));
+    }
+    stop_at
+        .is_some_and(|t| now >= t)
+        .then_some(("duration reached", None))
+}
+
+/// Rotates on a new SIGHUP (not on stdout) and when the file's time is up.
+fn rotate_when_due<F: Records>(
+    b: &mut Batcher<F>,
+    cfg: &CaptureConfig,
+    shutdown: &Shutdown,
+    hups: &mut u64,
+    now: Instant,
+) {
+    let hup_now = shutdown.hups();
+    if hup_now != *hups {
+        *hups = hup_now;
+        // One stream on stdout has one section: a "new file" there would restart the pcapng
+        // interface numbering in the middle of it.
+        if cfg.stdout {
+            tracing::info!("SIGHUP: writing to stdout, there is no file to rotate.");
+        } else {
+            tracing::info!("Rotating on SIGHUP.");
+            b.rotate();
+        }
+    }
+    if b.policy.deadline(b.file_opened).is_some_and(|d| now >= d) {
+        b.rotate();
+    }
+}
+
+/// Sleeps until the handle has data, the waker fires (a signal), or `wake`.
+fn sleep_until(
+    src: &Source,
+    waker: &mut std::os::unix::net::UnixStream,
+    wake: Instant,
+    now: Instant,
+) -> Result<(), nix::errno::Errno> {
+    let ms = wake
+        .saturating_duration_since(now)
+        .as_millis()
+        .clamp(1, 1000) as u16;
+    let mut fds = [
+        PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
+        PollFd::new(waker.as_fd(), PollFlags::POLLIN),
+    ];
+    let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+    let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+    match polled {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e),
+    }
+    if woken {
+        drain_waker(waker);
+    }
+    Ok(())
+}
+
+/// The end of the loop: the kernel drained (unless the loop failed or `--count` was reached),
+/// the key log's figures, the channel closed (the writer finalizes), and what the loop reports.
+fn finish<F: Records>(
+    mut src: Source,
+    mut b: Batcher<F>,
+    mut stats: Stats,
+    cfg: &CaptureConfig,
+    metrics: &Arc<CaptureMetrics>,
+    (reason, error): (String, Option<String>),
+    mut total: u64,
+) -> LoopEnd {
+    if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
+        total += drain(&mut src, cfg, &mut b, &mut stats, metrics, total);
+    }
+    stats.refresh(&mut src.cap, metrics);
     b.hand_over();
     if let Some(k) = &b.out.keylog {
         tracing::info!(
@@ -660,10 +693,10 @@ pub fn run_loop<F: Records>(
             "libpcap ps_recv/ps_drop/ps_ifdrop".into()
         },
     };
-    Ok(LoopEnd {
+    LoopEnd {
         reason,
         error,
         kernel,
         packets_captured: total,
-    })
+    }
 }

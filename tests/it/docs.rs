@@ -136,9 +136,6 @@ fn exit_codes_agree_between_exit_rs_help_and_docs() {
 
 /// The longest function `src/` may have, in lines from its `fn` line to its closing brace.
 const MAX_FN_LINES: usize = 80;
-/// Files not held to it yet. The lead removes this exemption after merging the branch that
-/// reshapes them (helper "hot", issue 17), which owns these two files.
-const FN_LENGTH_EXEMPT: &[&str] = &["source.rs", "writer.rs"];
 
 /// The functions of one file longer than `max` lines, as (name, first line, lines), tests
 /// (from the first `#[cfg(test)]` or `mod tests` on) aside. A function ends at the first line
@@ -213,10 +210,6 @@ fn no_function_in_src_is_longer_than_80_lines() {
     assert!(files.len() > 20, "found {files:?}");
     let mut long = Vec::new();
     for f in &files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if FN_LENGTH_EXEMPT.contains(&name) {
-            continue;
-        }
         let text = std::fs::read_to_string(f).expect("read a source file");
         for (func, line, n) in long_functions(&text, MAX_FN_LINES) {
             long.push(format!("{}:{line} {func}: {n} lines", f.display()));
