@@ -37,13 +37,13 @@ pub enum EngineError {
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error(transparent)]
-    OwnPorts(#[from] super::connect::ConnectError),
+    OwnPorts(#[from] crate::ownports::forward::ConnectError),
 }
 
 pub struct Engine {
     client: reqwest::Client,
     /// The forwarder every connection goes through with `--own-ports` (issue 11).
-    own: Option<super::connect::OwnPorts>,
+    own: Option<crate::ownports::forward::OwnPorts>,
     cfg: Arc<UploadConfig>,
     ledger: Ledger,
     pub metrics: Arc<UploadMetrics>,
@@ -107,7 +107,7 @@ impl Engine {
     }
 
     /// The forwarder the client's connections go through (`--own-ports`), if any.
-    pub(super) fn own(&self) -> Option<&super::connect::OwnPorts> {
+    pub(super) fn own(&self) -> Option<&crate::ownports::forward::OwnPorts> {
         self.own.as_ref()
     }
 
@@ -440,14 +440,21 @@ fn log_result(r: &FileResult) {
 
 /// The forwarder that makes every connection leave from `--own-ports`, if set. Its private
 /// socket goes beside the ledger, or in the temporary directory (a read-only volume).
-fn own_ports(cfg: &UploadConfig) -> Result<Option<super::connect::OwnPorts>, EngineError> {
+fn own_ports(
+    cfg: &UploadConfig,
+) -> Result<Option<crate::ownports::forward::OwnPorts>, EngineError> {
     let (Some(range), Some(url)) = (cfg.own_ports, cfg.url.as_deref()) else {
         return Ok(None);
     };
     let tmp = std::env::temp_dir();
-    super::connect::OwnPorts::start(url, range, &[cfg.layout.dir.as_path(), tmp.as_path()])
-        .map(Some)
-        .map_err(EngineError::from)
+    crate::ownports::forward::OwnPorts::start(
+        url,
+        super::redact::FILE_PLACEHOLDER,
+        range,
+        &[cfg.layout.dir.as_path(), tmp.as_path()],
+    )
+    .map(Some)
+    .map_err(EngineError::from)
 }
 
 #[cfg(test)]

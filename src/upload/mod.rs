@@ -18,8 +18,6 @@ pub mod args;
 pub mod blocking;
 mod body;
 pub mod config;
-pub mod connect;
-pub mod dns;
 pub mod engine;
 pub mod hooks;
 pub mod ledger;

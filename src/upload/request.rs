@@ -11,11 +11,11 @@ use super::args::Method;
 use super::blocking;
 use super::body::{self, Prepared};
 use super::config::{self, UploadConfig};
-use super::connect::OwnPorts;
 use super::redact::Redactor;
 use super::retry::{self, TransportError};
 use super::state::Candidate;
 use crate::files::FileFormat;
+use crate::ownports::forward::{Fail, OwnPorts};
 
 /// How much of an error response body is kept for the report (scrubbed).
 const ERROR_BODY_LIMIT: usize = 512;
@@ -198,7 +198,7 @@ async fn exchange(
     since: Instant,
 ) -> Attempt {
     let transport = |e: &reqwest::Error| {
-        let (k, m) = OwnPorts::explain(own, since, classify_reqwest(e, redactor));
+        let (k, m) = explain(own, since, classify_reqwest(e, redactor));
         Attempt::Transport(k, redactor.scrub(&m))
     };
     let mut resp = match req.send().await {
@@ -278,4 +278,28 @@ pub(super) fn classify_reqwest(e: &reqwest::Error, r: &Redactor) -> (TransportEr
         format!("{what}: {detail}")
     };
     (kind, r.scrub(&msg))
+}
+
+/// With `--own-ports`, a connection failure as the forwarder saw it, for the errors that can
+/// stem from one (connect, broken, other): reqwest only saw its stream close.
+fn explain(
+    own: Option<&OwnPorts>,
+    since: Instant,
+    seen: (TransportError, String),
+) -> (TransportError, String) {
+    let stems = matches!(
+        seen.0,
+        TransportError::Connect | TransportError::Broken | TransportError::Other
+    );
+    match own.filter(|_| stems).and_then(|o| o.failure_since(since)) {
+        Some((fail, msg)) => {
+            let kind = match fail {
+                Fail::Timeout => TransportError::Timeout,
+                Fail::Dns => TransportError::Dns,
+                Fail::Connect => TransportError::Connect,
+            };
+            (kind, msg)
+        }
+        None => seen,
+    }
 }

@@ -7,7 +7,7 @@
 //! agree on a small source-port range that only the uploader uses:
 //!
 //! - the uploader binds every socket it opens (the webhook connection, the proxy connection,
-//!   its DNS queries) to a port of the range ([`crate::upload::connect`]);
+//!   its DNS queries) to a port of the range ([`forward`], with its own resolver ([`dns`]));
 //! - the capture adds `and not (...)` to its BPF filter for packets whose *local* end is in the
 //!   range ([`PortRange::bpf_exclusion`]), so no uploader packet is written, and the kernel
 //!   does the work.
@@ -22,6 +22,9 @@
 //! range is still captured in full. On the loopback device both ends are local, so there either
 //! port in the range excludes the packet; the one case that cannot be told apart is therefore a
 //! server in the Pod listening on a port of the range (do not put one there, or move the range).
+
+pub mod dns;
+pub mod forward;
 
 use std::fmt;
 

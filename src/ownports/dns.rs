@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::connect;
-use crate::ownports::PortRange;
+use super::forward as connect;
+use super::PortRange;
 
 /// resolv.conf's defaults (resolv.conf(5)).
 const DEFAULT_NDOTS: usize = 1;

@@ -13,7 +13,7 @@
 //! - proxies (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, read as reqwest reads them):
 //!   the forwarder connects to the proxy and opens a `CONNECT` tunnel, for http:// URLs too;
 //! - why a connect failed: reqwest only sees the Unix stream close, so the forwarder keeps the
-//!   last failure and the engine reports it ([`OwnPorts::explain`]).
+//!   last failure and the engine reports it ([`OwnPorts::failure_since`]).
 //!
 //! Ports are taken round-robin, skipping ports in use (EADDRINUSE at bind) and 4-tuples still
 //! in TIME_WAIT (EADDRNOTAVAIL at connect); `SO_REUSEADDR` lets two connections to different
@@ -32,8 +32,7 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::dns::Resolver;
-use super::retry::TransportError;
-use crate::ownports::PortRange;
+use super::PortRange;
 
 /// Resolving and connecting one stream (through a proxy: and its CONNECT answer) takes at most
 /// this long. reqwest's own limits are usually shorter: its connect timeout covers this for
@@ -85,9 +84,21 @@ struct Proxy {
     shown: String,
 }
 
+/// Why the forwarder could not give reqwest a connection: the uploader maps it to its own
+/// transport error classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fail {
+    /// No connection within the set-up limit.
+    Timeout,
+    /// The host name did not resolve.
+    Dns,
+    /// No address answered from the range, or the proxy refused the tunnel.
+    Connect,
+}
+
 struct Failure {
     at: Instant,
-    kind: TransportError,
+    kind: Fail,
     msg: String,
 }
 
@@ -109,8 +120,14 @@ pub struct OwnPorts {
 impl OwnPorts {
     /// Starts the forwarder for `url` (may contain `{file}` in its path). The private socket
     /// goes into the first of `dirs` where it can be created.
-    pub fn start(url: &str, range: PortRange, dirs: &[&Path]) -> Result<OwnPorts, ConnectError> {
-        let (target, uri) = target_of(url)?;
+    /// `placeholder` is the part of `url` that a file name replaces (`{file}`).
+    pub fn start(
+        url: &str,
+        placeholder: &str,
+        range: PortRange,
+        dirs: &[&Path],
+    ) -> Result<OwnPorts, ConnectError> {
+        let (target, uri) = target_of(url, placeholder)?;
         let proxy = proxy_for(&uri)?;
         let (listener, path) = bind_private(dirs)?;
         let ctx = Arc::new(Ctx {
@@ -139,24 +156,15 @@ impl OwnPorts {
         &self.path
     }
 
-    /// The reason a connection set up after `since` failed, if one did: reqwest only saw the
-    /// stream close. Kept for errors that can stem from it (connect, broken, other).
-    pub fn explain(
-        own: Option<&OwnPorts>,
-        since: Instant,
-        seen: (TransportError, String),
-    ) -> (TransportError, String) {
-        let Some(own) = own else { return seen };
-        if !matches!(
-            seen.0,
-            TransportError::Connect | TransportError::Broken | TransportError::Other
-        ) {
-            return seen;
-        }
-        let g = own.ctx.failure.lock().unwrap_or_else(|e| e.into_inner());
+    /// Why a connection set up after `since` failed, if one did recently: reqwest only saw
+    /// the stream close.
+    pub fn failure_since(&self, since: Instant) -> Option<(Fail, String)> {
+        let g = self.ctx.failure.lock().unwrap_or_else(|e| e.into_inner());
         match g.as_ref() {
-            Some(f) if f.at >= since && f.at.elapsed() < FAILURE_FRESH => (f.kind, f.msg.clone()),
-            _ => seen,
+            Some(f) if f.at >= since && f.at.elapsed() < FAILURE_FRESH => {
+                Some((f.kind, f.msg.clone()))
+            }
+            _ => None,
         }
     }
 }
@@ -169,9 +177,9 @@ impl Drop for OwnPorts {
 }
 
 /// The host and port every request goes to. `{file}` must not change them.
-fn target_of(url: &str) -> Result<(Endpoint, hyper::Uri), ConnectError> {
+fn target_of(url: &str, placeholder: &str) -> Result<(Endpoint, hyper::Uri), ConnectError> {
     let parse = |name: &str| {
-        let u = url.replace(super::redact::FILE_PLACEHOLDER, name);
+        let u = url.replace(placeholder, name);
         let parsed = url::Url::parse(&u).map_err(|e| ConnectError::Url(e.to_string()))?;
         let host = parsed.host_str().unwrap_or_default().to_string();
         let port = parsed.port_or_known_default().unwrap_or(80);
@@ -281,7 +289,7 @@ async fn forward(mut unix: UnixStream, ctx: Arc<Ctx>, stop: CancellationToken) {
     let opened = match tokio::time::timeout(SETUP_LIMIT, open(&ctx)).await {
         Ok(r) => r,
         Err(_) => Err((
-            TransportError::Timeout,
+            Fail::Timeout,
             format!(
                 "timed out: no connection to the receiver within {} s",
                 SETUP_LIMIT.as_secs()
@@ -308,7 +316,7 @@ async fn forward(mut unix: UnixStream, ctx: Arc<Ctx>, stop: CancellationToken) {
 }
 
 /// Resolves and connects to the receiver, or tunnels to it through the proxy.
-async fn open(ctx: &Ctx) -> Result<TcpStream, (TransportError, String)> {
+async fn open(ctx: &Ctx) -> Result<TcpStream, (Fail, String)> {
     let first = ctx.proxy.as_ref().map_or(&ctx.target, |p| &p.at);
     let what = if ctx.proxy.is_some() {
         "the proxy"
@@ -319,12 +327,7 @@ async fn open(ctx: &Ctx) -> Result<TcpStream, (TransportError, String)> {
         .resolver
         .lookup(&first.host, first.port)
         .await
-        .map_err(|e| {
-            (
-                TransportError::Dns,
-                format!("cannot resolve {what}'s host name: {e}"),
-            )
-        })?;
+        .map_err(|e| (Fail::Dns, format!("cannot resolve {what}'s host name: {e}")))?;
     let mut last = io::Error::other("no address");
     let mut stream = None;
     for a in &addrs {
@@ -338,7 +341,7 @@ async fn open(ctx: &Ctx) -> Result<TcpStream, (TransportError, String)> {
     }
     let mut s = stream.ok_or_else(|| {
         (
-            TransportError::Connect,
+            Fail::Connect,
             format!(
                 "cannot connect to {what} from the uploader's ports {}: {last}",
                 ctx.range
@@ -348,7 +351,7 @@ async fn open(ctx: &Ctx) -> Result<TcpStream, (TransportError, String)> {
     if let Some(p) = &ctx.proxy {
         tunnel(&mut s, &ctx.target, p).await.map_err(|e| {
             (
-                TransportError::Connect,
+                Fail::Connect,
                 format!(
                     "the proxy {} did not open a tunnel to the receiver: {e}",
                     p.shown
@@ -475,12 +478,12 @@ mod tests {
 
     #[test]
     fn the_target_must_not_change_with_the_file_name() {
-        let (t, _) = target_of("https://hooks.example/in/{file}?x=1").unwrap();
+        let (t, _) = target_of("https://hooks.example/in/{file}?x=1", "{file}").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("hooks.example", 443));
-        let (t, _) = target_of("http://[::1]:8080/{file}").unwrap();
+        let (t, _) = target_of("http://[::1]:8080/{file}", "{file}").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("[::1]", 8080));
         assert!(matches!(
-            target_of("https://{file}.example/in"),
+            target_of("https://{file}.example/in", "{file}"),
             Err(ConnectError::HostVaries)
         ));
     }
