@@ -38,12 +38,20 @@ pub enum CaptureError {
     Config(String),
     #[error("unknown interface {name:?}; available interfaces: {available}")]
     UnknownInterface { name: String, available: String },
-    #[error("invalid filter {filter:?}: {msg}")]
-    Filter { filter: String, msg: String },
+    #[error("invalid filter {filter:?}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: pcap::Error,
+    },
     #[error("{0}")]
     Permission(String),
-    #[error("cannot open {interface}: {msg}")]
-    Open { interface: String, msg: String },
+    #[error("cannot open {interface}")]
+    Open {
+        interface: String,
+        #[source]
+        source: pcap::Error,
+    },
     #[error("{0}")]
     Io(String),
     /// The output directory refused a file operation. Its exit code follows the cause: a

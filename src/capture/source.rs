@@ -113,9 +113,9 @@ pub fn open(cfg: &CaptureConfig, shutdown: &Shutdown) -> Result<Option<Source>, 
         Precision::Micro
     };
     let inactive = Capture::from_device(cfg.interface.as_str())
-        .map_err(|e| CaptureError::Open {
+        .map_err(|source| CaptureError::Open {
             interface: cfg.interface.clone(),
-            msg: e.to_string(),
+            source,
         })?
         .snaplen(cfg.snaplen as i32)
         .promisc(cfg.promisc)
@@ -125,9 +125,9 @@ pub fn open(cfg: &CaptureConfig, shutdown: &Shutdown) -> Result<Option<Source>, 
     let cap = inactive
         .open()
         .map_err(|e| classify_open_error(&cfg.interface, e))?;
-    let mut cap = cap.setnonblock().map_err(|e| CaptureError::Open {
+    let mut cap = cap.setnonblock().map_err(|source| CaptureError::Open {
         interface: cfg.interface.clone(),
-        msg: e.to_string(),
+        source,
     })?;
     // libpcap still defaults cooked captures (`any`) to LINUX_SLL; like tcpdump 4.99, prefer
     // LINUX_SLL2, which also records the interface index and so tells interfaces apart.
@@ -179,9 +179,9 @@ fn compile_filter(
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(r) => {
-                return r.map(Some).map_err(|e| CaptureError::Filter {
+                return r.map(Some).map_err(|source| CaptureError::Filter {
                     filter: filter.to_string(),
-                    msg: e.to_string(),
+                    source,
                 })
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
@@ -216,7 +216,7 @@ fn classify_open_error(interface: &str, e: pcap::Error) -> CaptureError {
     } else {
         CaptureError::Open {
             interface: interface.to_string(),
-            msg,
+            source: e,
         }
     }
 }
