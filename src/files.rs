@@ -223,6 +223,24 @@ impl Layout {
     }
 }
 
+/// What is wrong with `--dir`, as both sides check it before they use it.
+#[derive(Debug)]
+pub enum DirCheck {
+    /// It exists and is not a directory.
+    NotADirectory,
+    /// It cannot be looked at: missing (`NotFound`), or no permission on a parent.
+    Unreachable(io::Error),
+}
+
+/// Ok when `dir` is a directory (following links: a mounted volume may be one).
+pub fn check_dir(dir: &Path) -> Result<(), DirCheck> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(DirCheck::NotADirectory),
+        Err(e) => Err(DirCheck::Unreachable(e)),
+    }
+}
+
 /// `2026-11-22T15:41:23Z` -> `20261122T154123Z`.
 pub fn compact_utc(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at)

@@ -131,16 +131,17 @@ fn dir_error(dir: &std::path::Path, e: io::Error) -> CaptureError {
 /// Checks `--dir` before anything is created in it.
 fn check_dir(dir: &std::path::Path) -> Result<(), CaptureError> {
     let d = dir.display();
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => Err(CaptureError::Config(format!(
-            "--dir {d} is not a directory"
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CaptureError::Config(format!(
-            "output directory {d} does not exist: create it or mount the volume there (--dir)"
-        ))),
-        Err(e) => Err(dir_error(dir, e)),
-    }
+    files::check_dir(dir).map_err(|e| match e {
+        files::DirCheck::NotADirectory => {
+            CaptureError::Config(format!("--dir {d} is not a directory"))
+        }
+        files::DirCheck::Unreachable(e) if e.kind() == io::ErrorKind::NotFound => {
+            CaptureError::Config(format!(
+                "output directory {d} does not exist: create it or mount the volume there (--dir)"
+            ))
+        }
+        files::DirCheck::Unreachable(e) => dir_error(dir, e),
+    })
 }
 
 /// After the pcap handle and the first file are open the agent needs no capability: it drops

@@ -101,17 +101,15 @@ impl ExitStatus for UploadError {
 
 fn check_dir(cfg: &UploadConfig) -> Result<(), UploadError> {
     let d = &cfg.layout.dir;
-    match std::fs::metadata(d) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(UploadError::Invalid(format!(
-            "--dir {} is not a directory",
-            d.display()
-        ))),
-        Err(source) => Err(UploadError::Dir {
+    crate::files::check_dir(d).map_err(|e| match e {
+        crate::files::DirCheck::NotADirectory => {
+            UploadError::Invalid(format!("--dir {} is not a directory", d.display()))
+        }
+        crate::files::DirCheck::Unreachable(source) => UploadError::Dir {
             dir: d.clone(),
             source,
-        }),
-    }
+        },
+    })
 }
 
 /// Panic messages go through the redactor too: a panic must not print a secret.
