@@ -2,7 +2,8 @@
 # CI load check (issues 5, 17): short captures under load with sidecap and tcpdump interleaved.
 # Correctness: every written file is valid (our walker and capinfos agree), sidecap's packets in
 # files == sidecap_packets_written_total on /metrics == packets_written in the done marker, peak
-# RSS within --buffer-size + --queue-size + 20 MiB, and a SIGTERM right after a burst keeps every
+# RSS within --buffer-size + --queue-size + 20 MiB, a SIGTERM idle and right after a burst exits in
+# at most 100 ms (median of 3) and keeps every
 # packet. The gate: on lo at 64 B and 1400 B (5 repetitions each), the median same-run CPU ratio
 # sidecap/tcpdump must stay under report::CPU_GATE and sidecap must capture no fewer packets
 # than tcpdump. Prints the tables into the log; exits non-zero on any failure.

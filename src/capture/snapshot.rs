@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,15 +37,16 @@ pub struct Context {
     pub started: SystemTime,
 }
 
-/// The running watcher; dropping it stops the thread.
+/// The running watcher; dropping it stops the thread at once (it sleeps on the channel, so a
+/// stop never waits out a tick: the capture's stop latency is bench/'s to hold).
 pub struct Watcher {
-    stop: Arc<AtomicBool>,
+    stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        drop(self.stop.take()); // disconnects: the watcher's wait returns now
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -53,23 +54,24 @@ impl Drop for Watcher {
 }
 
 pub fn spawn(cx: Context) -> std::io::Result<Watcher> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("snapshot".into())
-        .spawn(move || run(&cx, &s))?;
+        .spawn(move || run(&cx, &stopped))?;
     Ok(Watcher {
-        stop,
+        stop: Some(stop),
         thread: Some(thread),
     })
 }
 
-fn run(cx: &Context, stop: &AtomicBool) {
+fn run(cx: &Context, stopped: &crossbeam_channel::Receiver<()>) {
     let mut last_mtime = None;
     let mut last_look = Instant::now();
     let mut last_look_wall = SystemTime::UNIX_EPOCH;
-    while !stop.load(Relaxed) && !cx.shutdown.is_triggered() {
-        std::thread::sleep(WATCH_TICK);
+    while !cx.shutdown.is_triggered() {
+        if stopped.recv_timeout(WATCH_TICK) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+            return;
+        }
         let mtime = std::fs::metadata(&cx.layout.dir)
             .and_then(|m| m.modified())
             .ok();
