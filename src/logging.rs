@@ -30,19 +30,48 @@ fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.map_or(true, |v| v.is_empty())
 }
 
-/// The log filter: `--log-level`, else `RUST_LOG`, else `info`; a filter that does not parse
-/// means `info`, as it did with env-filter. `Targets` parses the same directives (`debug`,
-/// `sidecap=trace,warn`) without env-filter's regex engine, ~400 KB of the image (docs/image.md).
-pub fn filter(level: Option<&str>) -> Targets {
-    let env = std::env::var("RUST_LOG").ok();
-    level
-        .or(env.as_deref())
-        .and_then(|l| l.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+/// The log filter: `--log-level` (or `SIDECAP_LOG_LEVEL`), else `RUST_LOG`, else `info`.
+/// `Targets` parses the same directives as env-filter (`debug`, `sidecap=trace,warn`) without
+/// its regex engine, ~400 KB of the image (docs/image.md). A malformed `--log-level` is the
+/// user's typo and an error (exit 3, see `main`); a malformed `RUST_LOG` may be meant for another
+/// program in the same environment, so it falls back to `info` with a warning.
+pub fn filter(level: Option<&str>) -> Result<Targets, String> {
+    if let Some(l) = level {
+        let hint = "use a level (off, error, warn, info, debug, trace) or directives like \
+                    sidecap=debug,warn";
+        // `Targets` reads a bare word as a target at trace level, so a mistyped level
+        // (`--log-level inf0`) would silence every line of sidecap's own.
+        if let Some(w) = l.split(',').find(|d| bare_non_level(d)) {
+            return Err(format!(
+                "--log-level {l:?}: {w:?} is not a level; {hint} (a target alone: {w}=trace)"
+            ));
+        }
+        return l
+            .parse()
+            .map_err(|e| format!("--log-level {l:?}: {e}; {hint}"));
+    }
+    let fallback = Targets::new().with_default(LevelFilter::INFO);
+    match std::env::var("RUST_LOG") {
+        Ok(env) => match env.parse() {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                // The subscriber is not installed yet: a plain line.
+                eprintln!("sidecap: warning: RUST_LOG {env:?} ignored ({e}); logging at info");
+                Ok(fallback)
+            }
+        },
+        Err(_) => Ok(fallback),
+    }
 }
 
-pub fn init(format: LogFormat, level: Option<&str>) {
-    install(format, filter(level), crate::term::LogWriter, use_colour());
+/// A directive with no `=` that is not a level name: a typo, or a target written without its level.
+fn bare_non_level(directive: &str) -> bool {
+    let d = directive.trim();
+    !d.is_empty() && !d.contains('=') && d.parse::<LevelFilter>().is_err()
+}
+
+pub fn init(format: LogFormat, filter: Targets) {
+    install(format, filter, crate::term::LogWriter, use_colour());
 }
 
 /// Installs the global subscriber: `format` lines through `writer`, decided by `filter` alone
@@ -83,19 +112,26 @@ mod tests {
     }
 
     #[test]
-    fn filter_reads_rust_log_directives() {
-        let f = filter(Some("debug"));
+    fn filter_reads_directives_and_refuses_what_is_not_one() {
+        let filter = |l| super::filter(Some(l)).expect("a valid filter");
+        let f = filter("debug");
         assert!(f.would_enable("sidecap::capture", &Level::DEBUG));
         assert!(!f.would_enable("sidecap::capture", &Level::TRACE));
-        let f = filter(Some("sidecap=trace,warn"));
+        let f = filter("sidecap=trace,warn");
         assert!(f.would_enable("sidecap::upload", &Level::TRACE));
         assert!(f.would_enable("hyper", &Level::WARN));
         assert!(!f.would_enable("hyper", &Level::INFO));
-        let f = filter(Some("off"));
+        let f = filter("off");
         assert!(!f.would_enable("sidecap", &Level::ERROR));
-        // Not a filter: info, as with env-filter.
-        let f = filter(Some("sidecap=loud"));
-        assert!(f.would_enable("sidecap", &Level::INFO));
-        assert!(!f.would_enable("sidecap", &Level::DEBUG));
+        let f = filter("WARN,sidecap::capture=debug");
+        assert!(f.would_enable("sidecap::capture", &Level::DEBUG));
+        assert!(!f.would_enable("sidecap::upload", &Level::INFO));
+        for bad in ["sidecap=loud", "inf0", "debug,sidecap", "info,warnn"] {
+            let e = super::filter(Some(bad)).expect_err(bad);
+            assert!(
+                e.contains("--log-level") && e.contains("sidecap=debug,warn"),
+                "{e}"
+            );
+        }
     }
 }

@@ -19,12 +19,17 @@ fn main() -> ExitCode {
             });
         }
     };
+    let filter = match sidecap::logging::filter(cli.log_level.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sidecap: error: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     match &cli.command {
         // The exec preStop hook also logs to the container's main stdout (see upload::logging).
-        Command::Upload(a) => {
-            sidecap::upload::logging::init(cli.log_format, cli.log_level.as_deref(), a.log_to_pid1)
-        }
-        _ => sidecap::logging::init(cli.log_format, cli.log_level.as_deref()),
+        Command::Upload(a) => sidecap::upload::logging::init(cli.log_format, filter, a.log_to_pid1),
+        _ => sidecap::logging::init(cli.log_format, filter),
     }
     let shutdown = Shutdown::new();
     if let Err(e) = process::install_signal_handlers(

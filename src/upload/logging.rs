@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Arc;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 
 use super::args::LogToPid1;
@@ -78,10 +79,10 @@ impl<'a> MakeWriter<'a> for Tee {
     }
 }
 
-pub fn init(format: LogFormat, level: Option<&str>, mode: LogToPid1) {
+pub fn init(format: LogFormat, filter: Targets, mode: LogToPid1) {
     let tee = Tee {
         pid1: pid1_stdout(mode).map(Arc::new),
     };
     // Never colour: the hook's lines also go to the container log (PID 1's stdout).
-    crate::logging::install(format, crate::logging::filter(level), tee, false);
+    crate::logging::install(format, filter, tee, false);
 }

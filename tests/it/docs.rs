@@ -271,6 +271,17 @@ fn a_malformed_value_exits_3_and_an_unknown_flag_2_in_every_subcommand() {
         ],
         &["uploader", "--dir", dir, "--poll-interval", "often"],
         &["uploader", "--dir", dir, "--listen", "everywhere"],
+        // A mistyped level would otherwise silence every line (Targets reads it as a target).
+        &["capture", "--dir", dir, "--log-level", "inf0"],
+        &[
+            "upload",
+            "--dir",
+            dir,
+            "--url",
+            url,
+            "--log-level",
+            "sidecap=loud",
+        ],
     ];
     for args in malformed {
         let (code, err) = exit_of(args);
