@@ -1,9 +1,13 @@
 //! The S3 destination (issue 15) against a real S3 store: a single-node Garage started per test
 //! (tests/it/garage.rs). Objects are read back through the S3 API and compared by SHA-256.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::garage::{Garage, BUCKET};
 use crate::helpers::*;
@@ -233,4 +237,174 @@ fn s3_refuses_webhook_flags_and_a_template_without_file() {
 /// A pcap of about `mib` MiB.
 pub(crate) fn big_pcap(path: &Path, mib: u32) {
     write_pcap(path, mib * 1024, 1008);
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the store: counts the bytes the uploader sends through
+/// it, can reset one connection once `reset_after` bytes went through (it closes the socket
+/// with data unread, so the kernel sends RST), and can hold the upload to `rate` bytes/s.
+struct Proxy {
+    addr: String,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+struct ProxyCfg {
+    target: u16,
+    reset_after: Option<u64>,
+    rate: Option<u64>,
+}
+
+impl Proxy {
+    fn start(cfg: ProxyCfg) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (sent, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, st) = (sent.clone(), stop.clone());
+        let cfg = Arc::new(cfg);
+        let did_reset = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(c) = c else { continue };
+                let (s, cfg, r) = (s.clone(), cfg.clone(), did_reset.clone());
+                std::thread::spawn(move || relay(c, &cfg, &s, &r));
+            }
+        });
+        Proxy { addr, sent, stop }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &AtomicBool) {
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", cfg.target)) else {
+        return;
+    };
+    let (mut s2, mut c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s2, &mut c2);
+        let _ = c2.shutdown(Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let t0 = Instant::now();
+    let mut mine = 0u64;
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = server.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => n,
+        };
+        let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        if cfg.reset_after.is_some_and(|a| total >= a) && !did_reset.swap(true, Ordering::SeqCst) {
+            let _ = server.shutdown(Shutdown::Both);
+            // More of the body arrives unread: closing now sends RST.
+            std::thread::sleep(Duration::from_millis(50));
+            return;
+        }
+        if server.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        mine += n as u64;
+        if let Some(rate) = cfg.rate {
+            let due = Duration::from_secs_f64(mine as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+#[test]
+fn s3_reset_mid_part_resends_only_that_part() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 17);
+    let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
+    // Reset in the middle of part 2 (5 MiB parts: 0-5, 5-10, 10-15, 15-17 MiB).
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: Some(7 << 20),
+        rate: None,
+    });
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "60s");
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(70));
+    assert_eq!(code, 0, "{log}");
+    assert_stored(&g, dir.path(), name, name);
+    assert!(
+        log.contains("retrying"),
+        "no retry: the reset did not happen? {log}"
+    );
+    let sent = p.sent.load(Ordering::SeqCst);
+    // The file, the ~2 MiB of part 2 sent before the reset, and request heads; re-sending the
+    // whole file would be 7 MiB more than the file.
+    assert!(
+        sent > len + (3 << 19),
+        "sent {sent} for {len}: no reset mid-part?"
+    );
+    assert!(
+        sent < len + (5 << 20),
+        "sent {sent} for {len}: more than one part again"
+    );
+    // Create, 4 parts, one of them twice, complete.
+    let rep = report(dir.path());
+    assert_eq!(rep["files"][0]["attempts"], 7, "{rep:#}");
+    assert!(g.multipart_uploads().is_empty());
+}
+
+#[test]
+fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 17);
+    // 2 MiB/s: 17 MiB cannot go up in the 6 s budget.
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: None,
+        rate: Some(2 << 20),
+    });
+    let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "8s", "2s");
+    g.configure(&mut cmd, &p.endpoint());
+    cmd.args(["--own-ports", "none", "--s3-part-size", "5MiB"]);
+    let (code, took, log) = run(&mut cmd, Duration::from_secs(20));
+    assert_eq!(code, 5, "{log}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let rep = report(dir.path());
+    let f = &rep["files"][0];
+    assert_eq!(f["status"], "failed", "{f:#}");
+    let err = f["error"].as_str().unwrap();
+    assert!(err.contains("deadline reached"), "{err}");
+    assert!(
+        err.contains("multipart upload aborted: no parts left"),
+        "{err}"
+    );
+    // At least the first part went up before the deadline: there was something to abort.
+    assert!(p.sent.load(Ordering::SeqCst) > 5 << 20);
+    assert!(
+        g.multipart_uploads().is_empty(),
+        "{:?}",
+        g.multipart_uploads()
+    );
+    assert!(g.list().is_empty(), "{:?}", g.list());
 }
