@@ -408,3 +408,42 @@ fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
     );
     assert!(g.list().is_empty(), "{:?}", g.list());
 }
+
+#[test]
+fn s3_continuous_uploads_each_file_once_and_the_prestop_run_sends_nothing_again() {
+    require_root();
+    let g = Garage::start();
+    let (dir, names) = finished_capture(2);
+    let mut cmd = Command::new(bin());
+    cmd.args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            "s3://caps/{pod}/{file}",
+            "--poll-interval",
+            "100ms",
+        ])
+        .args(["--listen", "off", "--own-ports", "none"]);
+    g.configure(&mut cmd, &g.endpoint);
+    let mut up = Proc::spawn(&mut cmd);
+    let t0 = Instant::now();
+    while g.list().len() < 2 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = up.wait_timeout(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{}", up.log_text());
+    for n in &names {
+        assert_stored(&g, dir.path(), &format!("pod1/{n}"), n);
+    }
+    let (code, _, log) = run(
+        &mut s3_upload(&g, dir.path(), "s3://caps/{pod}/{file}", &g.endpoint, "20s"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{log}");
+    let rep = report(dir.path());
+    for n in &names {
+        assert_eq!(file_status(&rep, n), "already_uploaded");
+    }
+    assert_eq!(g.list().len(), 2, "{:?}", g.list());
+}
