@@ -447,3 +447,36 @@ fn s3_continuous_uploads_each_file_once_and_the_prestop_run_sends_nothing_again(
     }
     assert_eq!(g.list().len(), 2, "{:?}", g.list());
 }
+
+#[test]
+fn s3_snapshot_sends_its_files_and_the_manifest_under_the_template() {
+    require_root();
+    let g = Garage::start();
+    let (dir, names) = finished_capture(2);
+    let mut cmd = Command::new(bin());
+    cmd.args(["--log-format", "json", "snapshot", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            "s3://caps/snap/{pod}/{file}",
+            "--own-ports",
+            "none",
+        ])
+        .args(["--reason", "test", "--timeout", "30s"]);
+    g.configure(&mut cmd, &g.endpoint);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    for n in &names {
+        assert_stored(&g, dir.path(), &format!("snap/pod1/{n}"), n);
+    }
+    let manifests: Vec<String> = g
+        .list()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("snap/pod1/capture-snapshot-") && k.ends_with(".json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{:?}", g.list());
+    let m: serde_json::Value = serde_json::from_slice(&g.get(&manifests[0]).unwrap()).unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 2, "{m:#}");
+    assert_eq!(m["reason"], "test");
+}
