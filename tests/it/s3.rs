@@ -252,6 +252,8 @@ struct ProxyCfg {
     target: u16,
     reset_after: Option<u64>,
     rate: Option<u64>,
+    /// Flip the byte at this offset of everything sent (once).
+    corrupt_at: Option<u64>,
 }
 
 impl Proxy {
@@ -318,6 +320,12 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
             std::thread::sleep(Duration::from_millis(50));
             return;
         }
+        if let Some(at) = cfg.corrupt_at {
+            let before = total - n as u64;
+            if (before..total).contains(&at) && !did_reset.swap(true, Ordering::SeqCst) {
+                buf[(at - before) as usize] ^= 0xff;
+            }
+        }
         if server.write_all(&buf[..n]).is_err() {
             return;
         }
@@ -344,6 +352,7 @@ fn s3_reset_mid_part_resends_only_that_part() {
         target: g.port(),
         reset_after: Some(7 << 20),
         rate: None,
+        corrupt_at: None,
     });
     let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "60s");
     cmd.args(["--s3-part-size", "5MiB"]);
@@ -383,6 +392,7 @@ fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
         target: g.port(),
         reset_after: None,
         rate: Some(2 << 20),
+        corrupt_at: None,
     });
     let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "8s", "2s");
     g.configure(&mut cmd, &p.endpoint());
@@ -479,4 +489,28 @@ fn s3_snapshot_sends_its_files_and_the_manifest_under_the_template() {
     let m: serde_json::Value = serde_json::from_slice(&g.get(&manifests[0]).unwrap()).unwrap();
     assert_eq!(m["files"].as_array().unwrap().len(), 2, "{m:#}");
     assert_eq!(m["reason"], "test");
+}
+
+#[test]
+fn s3_a_body_corrupted_on_the_way_is_refused_by_the_store_and_sent_again() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    write_pcap(&dir.path().join(name), 200, 1000);
+    // One byte flipped 100 KB into the request (the head is well under 2 KB): in the body.
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: None,
+        rate: None,
+        corrupt_at: Some(100_000),
+    });
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    // The store computed the body's SHA-256, found it differs from x-amz-checksum-sha256, and
+    // stored nothing; the second attempt's body was intact.
+    assert!(log.contains("InvalidDigest"), "{log}");
+    assert_eq!(report(dir.path())["files"][0]["attempts"], 2);
+    assert_stored(&g, dir.path(), name, name);
 }
