@@ -246,6 +246,8 @@ struct Proxy {
     addr: String,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// The uploader's local port of every connection.
+    ports: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 struct ProxyCfg {
@@ -267,17 +269,27 @@ impl Proxy {
         let (s, st) = (sent.clone(), stop.clone());
         let cfg = Arc::new(cfg);
         let did_reset = Arc::new(AtomicBool::new(false));
+        let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pp = ports.clone();
         std::thread::spawn(move || {
             for c in l.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(c) = c else { continue };
+                if let Ok(peer) = c.peer_addr() {
+                    pp.lock().unwrap().push(peer.port());
+                }
                 let (s, cfg, r) = (s.clone(), cfg.clone(), did_reset.clone());
                 std::thread::spawn(move || relay(c, &cfg, &s, &r));
             }
         });
-        Proxy { addr, sent, stop }
+        Proxy {
+            addr,
+            sent,
+            stop,
+            ports,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -513,4 +525,32 @@ fn s3_a_body_corrupted_on_the_way_is_refused_by_the_store_and_sent_again() {
     assert!(log.contains("InvalidDigest"), "{log}");
     assert_eq!(report(dir.path())["files"][0]["attempts"], 2);
     assert_stored(&g, dir.path(), name, name);
+}
+
+#[test]
+fn s3_requests_leave_from_the_uploaders_own_ports() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 11);
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: None,
+        rate: None,
+        corrupt_at: None,
+    });
+    // The default --own-ports, single and multipart requests alike.
+    let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "30s", "1s");
+    g.configure(&mut cmd, &p.endpoint());
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    assert_stored(&g, dir.path(), name, name);
+    let ports = p.ports.lock().unwrap().clone();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (61000..=61031).contains(p)),
+        "connections from {ports:?}"
+    );
 }
