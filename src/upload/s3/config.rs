@@ -555,6 +555,79 @@ mod tests {
         assert_eq!(first_set(None, &REGION_ENV, &env(&[])), None);
     }
 
+    fn opts(url: &str) -> UploadOpts {
+        UploadOpts {
+            dir: ".".into(),
+            prefix: "capture".into(),
+            url: Some(url.into()),
+            method: None,
+            form: None,
+            gzip: false,
+            headers: vec![],
+            bearer_token_file: None,
+            ca_file: None,
+            order: crate::upload::args::Order::NewestFirst,
+            grace_period: "30s".into(),
+            safety_margin: "2s".into(),
+            own_ports: crate::ownports::NONE.into(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_addressing: Addressing::Auto,
+            s3_credentials_dir: None,
+            s3_part_size: "16MiB".into(),
+        }
+    }
+
+    #[test]
+    fn the_bucket_url_follows_region_endpoint_and_addressing() {
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "K1234"),
+            ("AWS_SECRET_ACCESS_KEY", "S1234"),
+        ];
+        let mut r = Redactor::default();
+        // AWS by default: the region's endpoint, virtual-hosted.
+        let e = env(&[keys[0], keys[1], ("AWS_REGION", "eu-west-1")]);
+        let c = from_opts(&opts("s3://caps"), "s3://caps", &mut r, &e).unwrap();
+        assert_eq!(
+            c.base_url().as_str(),
+            "https://caps.s3.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!((c.region.as_str(), c.path_style), ("eu-west-1", false));
+        // Any other endpoint: path-style; the flag beats AWS_ENDPOINT_URL.
+        let e = env(&[keys[0], keys[1], ("AWS_ENDPOINT_URL", "http://other:1")]);
+        let mut o = opts("s3://caps/x/{file}");
+        o.s3_endpoint = Some("http://127.0.0.1:3900".into());
+        let c = from_opts(&o, "s3://caps/x/{file}", &mut r, &e).unwrap();
+        assert_eq!(c.base_url().as_str(), "http://127.0.0.1:3900/caps/");
+        assert_eq!(
+            c.bucket.object_url("x/a b.pcap").as_str(),
+            "http://127.0.0.1:3900/caps/x/a%20b.pcap"
+        );
+        assert_eq!(c.region, DEFAULT_REGION);
+        // Virtual-hosted on request, for a store with a root domain (Garage, MinIO).
+        o.s3_endpoint = Some("http://s3.garage.localhost:3900".into());
+        o.s3_addressing = Addressing::Virtual;
+        let c = from_opts(&o, "s3://caps/x/{file}", &mut r, &e).unwrap();
+        assert_eq!(
+            c.base_url().as_str(),
+            "http://caps.s3.garage.localhost:3900/"
+        );
+        // Refused: no credentials, a webhook flag, a bad part size, an endpoint with a secret.
+        assert!(from_opts(&opts("s3://caps"), "s3://caps", &mut r, &env(&[])).is_err());
+        let mut o = opts("s3://caps");
+        o.method = Some(crate::upload::args::Method::Put);
+        let err = from_opts(&o, "s3://caps", &mut r, &e)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--method"), "{err}");
+        let mut o = opts("s3://caps");
+        o.s3_part_size = "6GiB".into();
+        assert!(from_opts(&o, "s3://caps", &mut r, &e).is_err());
+        let mut o = opts("s3://caps");
+        o.s3_endpoint = Some("http://user:pw@h:1".into());
+        assert!(from_opts(&o, "s3://caps", &mut r, &e).is_err());
+    }
+
     #[test]
     fn credentials_come_from_a_directory_or_the_environment() {
         let d = tempfile::tempdir().unwrap();
