@@ -281,6 +281,9 @@ impl Engine {
         t: Times,
         cancel: &CancellationToken,
     ) -> FileResult {
+        if let Some(s3) = &self.cfg.s3 {
+            r.s3_key = s3.template.render(&u.c.name, &s3.pod, u.started).ok();
+        }
         let ended_as = if let (Some(s3), true) = (&self.cfg.s3, u.prep.part_len > 0) {
             super::s3::multipart::upload(self, s3, u, &mut r, (t.deadline, t.horizon), cancel).await
         } else {

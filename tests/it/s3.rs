@@ -46,6 +46,10 @@ fn s3_upload_reads_back_byte_identical_and_a_rerun_sends_nothing() {
         assert_stored(&g, dir.path(), &format!("{KEY_PREFIX}/{n}"), n);
     }
     assert_eq!(g.list().len(), 3, "{:?}", g.list());
+    for f in report(dir.path())["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        assert_eq!(f["s3_key"], format!("{KEY_PREFIX}/{name}"), "{f:#}");
+    }
     // The same run again: the ledger says every file is there; nothing is sent, no duplicate.
     let (code, _, log) = run(
         &mut s3_upload(&g, dir.path(), &url, &g.endpoint, "20s"),
@@ -76,6 +80,7 @@ fn s3_multipart_upload_reads_back_byte_identical() {
     let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
     assert_eq!(code, 0, "{log}");
     assert_stored(&g, dir.path(), name, name);
+    assert_eq!(report(dir.path())["files"][0]["s3_key"], name);
     // 17 MiB at 5 MiB: four parts, and the store says so.
     assert!(g.etag(name).ends_with("-4"), "{}", g.etag(name));
     let rep = report(dir.path());
