@@ -61,6 +61,9 @@ pub struct FileResult {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<String>,
+    /// The object key, when uploading to S3 (`--url s3://…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_key: Option<String>,
     pub duration_ms: u64,
     /// Not attempted because another uploader held the file: worth another look later.
     #[serde(skip)]
@@ -84,6 +87,7 @@ impl FileResult {
             http_status: None,
             error: None,
             repaired: None,
+            s3_key: None,
             duration_ms: 0,
             busy: false,
         }
@@ -230,6 +234,7 @@ mod tests {
             http_status: None,
             error: None,
             repaired: None,
+            s3_key: None,
             duration_ms: 0,
             busy: false,
         }
