@@ -14,6 +14,8 @@
 # uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
+#   SIDECAP_E2E_CASES=job,deployment tests/e2e/run.sh   # only these cases (of: job
+#                                                       # deployment short-grace least-privilege)
 #   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -21,7 +23,7 @@ repo="$PWD"
 scripts/podman-setup.sh || exit 1
 image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
 debian="${SIDECAP_DEBIAN_IMAGE:-localhost/sidecap-debian:bookworm}"
-for tool in tshark jq curl nsenter unshare getcap; do
+for tool in tshark capinfos jq curl nsenter unshare getcap; do
   command -v "$tool" >/dev/null || { echo "e2e: $tool missing (scripts/setup.sh, scripts/podman-setup.sh)"; exit 1; }
 done
 # Every container runs under runc-k8s-caps: the capability sets containerd/CRI-O give a non-root
@@ -40,6 +42,11 @@ pass=0 fail=0 failed=()
 ok() { pass=$((pass + 1)); echo "  ok   $*"; }
 bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+cases_known=" job deployment short-grace least-privilege "
+for c in ${SIDECAP_E2E_CASES//,/ }; do
+  [[ "$cases_known" == *" $c "* ]] || { echo "e2e: unknown case $c in SIDECAP_E2E_CASES (known:$cases_known)"; exit 1; }
+done
+want() { [ -z "${SIDECAP_E2E_CASES:-}" ] || [[ ",$SIDECAP_E2E_CASES," == *",$case,"* ]]; }
 now_ms() { date +%s%3N; }
 state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
 alive() { case "$(state "$1" Status)" in running|stopping) return 0 ;; *) return 1 ;; esac; }
@@ -76,13 +83,22 @@ caps_of() {
 # atomic_writer.go) does it: the payload goes into a new timestamped directory, a `..data_tmp` link
 # to it is renamed over `..data` (one rename(2): readers see the old or the new version, never a
 # mix), the user-visible name is a link into `..data`, and the old directory is removed.
+# Secret volumes are written by the same AtomicWriter, so atomic_write serves both.
 downward_write() { # dir annotations-text
+  atomic_write "$1" annotations "$2"
+}
+atomic_write() { # dir name text [name text]...
   local d="$1" ts old
+  shift
   ts="..$(date -u +%Y_%m_%d_%H_%M_%S).$(date +%N)"
-  mkdir -m 0755 "$d/$ts" && printf '%s\n' "$2" > "$d/$ts/annotations" && chmod 0644 "$d/$ts/annotations"
+  mkdir -m 0755 "$d/$ts" || return 1
+  while [ $# -ge 2 ]; do
+    printf '%s\n' "$2" > "$d/$ts/$1" && chmod 0644 "$d/$ts/$1" || return 1
+    [ -L "$d/$1" ] || ln -s "..data/$1" "$d/$1"
+    shift 2
+  done
   old="$(readlink "$d/..data" 2>/dev/null)"
   ln -s "$ts" "$d/..data_tmp" && mv -T "$d/..data_tmp" "$d/..data"
-  [ -L "$d/annotations" ] || ln -s ..data/annotations "$d/annotations"
   if [ -n "$old" ]; then rm -rf "${d:?}/$old"; fi
 }
 start_pod() {
@@ -107,6 +123,17 @@ start_pod() {
     "$debian" python3 /e2e/pod.py receiver "$token" "$3" >/dev/null || return 1
   infra_pid="$(podman inspect -f '{{.State.Pid}}' "$(podman pod inspect -f '{{.InfraContainerID}}' "$pod")")"
   local _; for _ in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
+  # The destination: the webhook, or (s3 case) the Garage store started here, reached by name
+  # through the pod's DNS like the webhook, credentials from a Secret volume.
+  local dest=(-e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}"
+    -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token)
+  if [ "$case" = s3 ]; then
+    start_garage || return 1
+    dest=(-e "SIDECAP_UPLOAD_URL=s3://captures/{namespace}/{pod}/{file}"
+      -e "SIDECAP_S3_ENDPOINT=http://s3.sidecap-e2e.test:3900" -e SIDECAP_S3_REGION=garage
+      -e SIDECAP_S3_CREDENTIALS_DIR=/var/run/secrets/sidecap-s3 -e SIDECAP_S3_PART_SIZE=5MiB
+      -v "$dir/s3-secret:/var/run/secrets/sidecap-s3:ro")
+  fi
   # The sidecars run exactly as the manifests say: default user of the image (65532), drop ALL,
   # read-only root filesystem. The uploader adds no capability at all and has no_new_privs
   # (allowPrivilegeEscalation: false): the binary's cap_net_raw+p has no effective bit, so the
@@ -116,9 +143,7 @@ start_pod() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
     --cap-drop ALL --security-opt no-new-privileges \
     -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
-    -v "$dir/podinfo:/etc/podinfo:ro" \
-    -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
-    -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
+    -v "$dir/podinfo:/etc/podinfo:ro" "${dest[@]}" \
     -e "SIDECAP_GRACE_PERIOD=${grace}s" -e SIDECAP_DIR=/capture \
     -e "POD_NAME=$pod" -e POD_NAMESPACE=e2e -e POD_UID=00000000-e2e -e NODE_NAME=localhost \
     "$image" uploader --dir /capture $4 >/dev/null || return 1
@@ -139,6 +164,30 @@ start_pod() {
   # shellcheck disable=SC2086
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-main" -v "$repo/tests/e2e:/e2e:ro" \
     "$debian" python3 /e2e/pod.py app $6 >/dev/null || return 1
+}
+
+# The object store of the s3 case: Garage (scripts/garage-local.sh) in the same Debian image as
+# the receiver, the host's /usr/local/bin/garage bind-mounted read-only (it needs only glibc). It
+# stands outside the Pod: the "kubelet" never stops it. Its key becomes a Secret volume, laid out
+# as the kubelet does (AtomicWriter: ..data links), mounted read-only in the uploader.
+start_garage() {
+  local garage_bin _
+  garage_bin="$(command -v garage)" || { echo "  garage not installed (scripts/setup.sh)"; return 1; }
+  mkdir -p "$dir/garage" "$dir/s3-secret"
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-garage" \
+    -v "$garage_bin:/usr/local/bin/garage:ro" -v "$repo/scripts/garage-local.sh:/garage-local.sh:ro" \
+    -v "$dir/garage:/garage" "$debian" bash /garage-local.sh --wait /garage 3900 captures >/dev/null || return 1
+  for _ in $(seq 1 150); do [ -s "$dir/garage/env" ] && break; alive "$pod-garage" || break; sleep 0.1; done
+  [ -s "$dir/garage/env" ] || { echo "  garage did not start; log:"; podman logs "$pod-garage" 2>&1 | tail -20 | sed 's/^/    /'; return 1; }
+  # shellcheck disable=SC1091
+  . "$dir/garage/env"
+  atomic_write "$dir/s3-secret" AWS_ACCESS_KEY_ID "$AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY "$AWS_SECRET_ACCESS_KEY"
+}
+# A request to Garage's S3 API from the host, in the pod's network namespace (as probe does),
+# signed with the key (SigV4, region garage) by curl.
+s3c() {
+  nsenter --net="/proc/$infra_pid/ns/net" curl -sS -m 20 --aws-sigv4 "aws:amz:garage:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
 }
 
 # Termination, copying the kubelet (pkg/kubelet/kuberuntime):
@@ -330,6 +379,7 @@ lifecycle_asserts() {
 prestop="/sidecap upload --dir /capture --safety-margin 2s"
 
 case=job
+if want; then
 echo "== job: main makes 5 requests and exits; the kubelet then stops the sidecars (grace 20s)"
 if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
   # A Job's Pod terminates when its main container has exited (KEP-753: sidecars then get the
@@ -344,8 +394,10 @@ if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
   lifecycle_asserts
   [ "$fail" -gt 0 ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=deployment
+if want; then
 echo "== deployment: the Pod is deleted while main still runs; rotation + continuous upload (grace 20s)"
 before=$fail
 # The capture writes pcapng, as the manifests in k8s/examples do.
@@ -384,8 +436,10 @@ if start_pod deploy 20 0 "--continuous --poll-interval 500ms --annotations-file 
   check "the app's traffic is in the capture" [ "$(count_in_received "tcp.port == 8081")" -gt 0 ]
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=short-grace
+if want; then
 echo "== short grace: 4s of grace, a webhook that takes 3s per file, several files"
 before=$fail
 if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 0.25"; then
@@ -404,8 +458,10 @@ if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 
   check "no corrupt file at the receiver" pcap_ok "${received[@]}"
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=least-privilege
+if want; then
 echo "== least privilege"
 lp="$work/lp"; mkdir -p "$lp/vol" "$lp/fs"; chmod 0777 "$lp/vol"
 user="$(podman image inspect -f '{{.Config.User}}' "$image")"
@@ -449,6 +505,7 @@ lprun --user 0 --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /ca
 rc=$?
 check "as root with only NET_RAW it works too (exit $rc)" [ "$rc" = 0 ]
 [ "$fail" -gt 0 ] && { for f in "$lp"/*.log; do echo "    --- $f"; tail -5 "$f" | sed 's/^/    /'; done; }
+fi  # want
 
 echo
 echo "image: $image, $(podman image inspect -f '{{.Size}}' "$image") bytes"
