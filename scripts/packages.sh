@@ -7,7 +7,9 @@
 # checks that every COMMAND is on PATH ("-" for a package that provides no command: a library or
 # a module). Fails with a message naming the command and its package, so a missing piece stops the
 # setup instead of a suite half an hour later. A fresh machine has only the machine image's
-# packages: scripts/check-fresh.sh proves these lists on a fresh debootstrap root.
+# packages: scripts/check-fresh.sh proves these lists on a fresh debootstrap root. Not every
+# program is a Debian package: garage (tests/it's S3 store) is built by scripts/setup.sh with
+# `cargo install`, and check-fresh.sh lists it apart (cargo_tools).
 ensure_packages() {
   local tag="$1"; shift
   local entry pkg need=() missing=()

@@ -3,6 +3,7 @@
 # The Rust toolchain itself comes from rustup (https://rustup.rs); everything else from Debian.
 # Every command a suite runs is named with its package (scripts/check-fresh.sh proves the list
 # on a fresh root); scripts/podman-setup.sh adds what the image build and tests/e2e need.
+# Garage (tests/it's S3 store) is no Debian package: built with cargo below, after the packages.
 #
 #   scripts/setup.sh                  # packages, then a quick check that each tool runs
 #   scripts/setup.sh --packages-only  # packages only (scripts/check-fresh.sh, in a container)
@@ -39,7 +40,18 @@ if ! command -v cargo >/dev/null; then
   echo "setup: no cargo on PATH; installing Debian's cargo-web (or install Rust with rustup)" >&2
   ensure_packages setup cargo:cargo-web rustc:rustc-web
 fi
+# Garage, the real S3 store tests/it uploads to (tests/it/garage.rs, issue 15): not a Debian
+# package, so built from crates.io when missing, as scripts/test.sh builds cargo-deny: only the
+# features the tests use (SQLite metadata, bundled C libraries), at opt-level 1 without debug
+# info (a test fixture; the full release build is far slower on two cores). Into /usr/local/bin.
+if ! command -v garage >/dev/null; then
+  echo "setup: building garage 2.5.0 from crates.io (the S3 store of tests/it; a few minutes)" >&2
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+    cargo install garage --version 2.5.0 --locked --no-default-features \
+    --features bundled-libs,sqlite --root /usr/local --quiet
+fi
 # Each tool starts (a missing shared library or a broken install shows here, not in a suite).
+works setup garage garage --version
 works setup tshark tshark -v
 works setup capinfos capinfos -v
 works setup tcpdump tcpdump --version

@@ -51,12 +51,16 @@ pub struct UploadOpts {
 
     /// Receiver URL. `{file}` is replaced by the percent-encoded file name (for PUT to
     /// WebDAV or bucket paths). Treated as a secret: its query string is never logged.
+    /// `s3://BUCKET/KEY-TEMPLATE` uploads to S3-compatible object storage (see the --s3-*
+    /// options): placeholders {file} (required), {namespace}, {pod}, {uid}, {yyyy}, {mm}, {dd},
+    /// {hh}; `s3://BUCKET` alone means {namespace}/{pod}/{file}.
     #[arg(long, env = "SIDECAP_UPLOAD_URL", hide_env_values = true)]
     pub url: Option<String>,
 
-    /// HTTP method. PUT works with presigned S3/GCS/Azure URLs and WebDAV.
-    #[arg(long, env = "SIDECAP_METHOD", value_enum, default_value_t = Method::Post, ignore_case = true)]
-    pub method: Method,
+    /// HTTP method (default POST). PUT works with presigned S3/GCS/Azure URLs and WebDAV.
+    /// Not with an s3:// URL.
+    #[arg(long, env = "SIDECAP_METHOD", value_enum, ignore_case = true)]
+    pub method: Option<Method>,
 
     /// Send the file as multipart/form-data in this form field instead of a raw body.
     #[arg(long, env = "SIDECAP_FORM")]
@@ -105,6 +109,45 @@ pub struct UploadOpts {
     /// ordinary ports, and the capture records the uploads (to debug the uploader).
     #[arg(long, env = "SIDECAP_OWN_PORTS", value_name = "RANGE|none", default_value = crate::ownports::DEFAULT_TEXT)]
     pub own_ports: String,
+
+    /// S3 endpoint URL (s3:// only). Default: https://s3.REGION.amazonaws.com. When
+    /// SIDECAP_S3_ENDPOINT is unset, AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL are used.
+    #[arg(long, env = "SIDECAP_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region to sign with (s3:// only). Default: us-east-1. When SIDECAP_S3_REGION is
+    /// unset, AWS_REGION, then AWS_DEFAULT_REGION are used.
+    #[arg(long, env = "SIDECAP_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// S3 addressing: `auto` is virtual-hosted (BUCKET.host) for *.amazonaws.com endpoints
+    /// (path-style when the bucket name has a dot), path-style (host/BUCKET) for any other.
+    #[arg(long, env = "SIDECAP_S3_ADDRESSING", value_enum, default_value_t = Addressing::Auto)]
+    pub s3_addressing: Addressing,
+
+    /// Directory of a mounted Secret with the files AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    /// and optionally AWS_SESSION_TOKEN, read again for every file (a rotated Secret is picked
+    /// up). Without it: the environment variables of the same names.
+    #[arg(long, env = "SIDECAP_S3_CREDENTIALS_DIR", value_name = "DIR")]
+    pub s3_credentials_dir: Option<PathBuf>,
+
+    /// A file larger than this goes up as a multipart upload in parts of this size, so a
+    /// broken connection re-sends one part, not the file (at least 5MiB, S3's limit).
+    #[arg(
+        long,
+        env = "SIDECAP_S3_PART_SIZE",
+        value_name = "SIZE",
+        default_value = "16MiB"
+    )]
+    pub s3_part_size: String,
+}
+
+/// `--s3-addressing`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Addressing {
+    Auto,
+    Path,
+    Virtual,
 }
 
 /// `--url` and `--header` values are secrets: Debug shows the redacted URL and header names.
@@ -135,6 +178,11 @@ impl std::fmt::Debug for UploadOpts {
             .field("grace_period", &self.grace_period)
             .field("safety_margin", &self.safety_margin)
             .field("own_ports", &self.own_ports)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_addressing", &self.s3_addressing)
+            .field("s3_credentials_dir", &self.s3_credentials_dir)
+            .field("s3_part_size", &self.s3_part_size)
             .finish()
     }
 }

@@ -42,6 +42,45 @@ pub(super) struct Prepared {
     pub body_sha_b64: String,
     pub body_len: u64,
     pub file_len: u64,
+    /// S3 multipart: the part length (0: one request) and each part's SHA-256 (base64).
+    pub part_len: u64,
+    pub parts_sha_b64: Vec<String>,
+}
+
+/// SHA-256 (base64) of each `part_len` piece of a stream, fed in chunks of any size.
+struct PartHasher {
+    part_len: u64,
+    h: Sha256,
+    in_part: u64,
+    done: Vec<String>,
+}
+
+impl PartHasher {
+    fn update(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            let take = ((self.part_len - self.in_part) as usize).min(b.len());
+            self.h.update(&b[..take]);
+            self.in_part += take as u64;
+            b = &b[take..];
+            if self.in_part == self.part_len {
+                self.finish_part();
+            }
+        }
+    }
+
+    fn finish_part(&mut self) {
+        let h = std::mem::replace(&mut self.h, Sha256::new());
+        self.done
+            .push(base64::engine::general_purpose::STANDARD.encode(h.finalize()));
+        self.in_part = 0;
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.in_part > 0 {
+            self.finish_part();
+        }
+        self.done
+    }
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -116,11 +155,14 @@ pub(super) fn check_pcap_header(f: &std::fs::File) -> Result<(), String> {
     Ok(())
 }
 
-/// The first pass: digests of the file and of the body as sent. Stops at the deadline.
+/// The first pass: digests of the file and of the body as sent, and with `part_of` (S3
+/// multipart: the part length for a body of this length, None when it goes in one request) of
+/// each part. Stops at the deadline.
 pub(super) fn prepare(
     f: Arc<std::fs::File>,
     limit: Option<u64>,
     gzip: bool,
+    part_of: &dyn Fn(u64) -> Option<u64>,
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Prepared, String> {
@@ -129,6 +171,14 @@ pub(super) fn prepare(
         .map_err(|e| format!("cannot stat: {e}"))?
         .len()
         .min(limit.unwrap_or(u64::MAX));
+    // Multipart bodies are never gzipped (--gzip is refused with S3).
+    let part_len = if gzip { None } else { part_of(len) };
+    let mut parts = part_len.map(|part_len| PartHasher {
+        part_len,
+        h: Sha256::new(),
+        in_part: 0,
+        done: Vec::new(),
+    });
     let mut f = PosReader { f, pos: 0 };
     let mut file_h = Sha256::new();
     let mut gz = gzip.then(|| {
@@ -155,6 +205,9 @@ pub(super) fn prepare(
             return Err("the file shrank while being read".into());
         }
         file_h.update(&buf[..n]);
+        if let Some(p) = parts.as_mut() {
+            p.update(&buf[..n]);
+        }
         if let Some(g) = gz.as_mut() {
             g.write_all(&buf[..n]).map_err(|e| e.to_string())?;
         }
@@ -174,6 +227,8 @@ pub(super) fn prepare(
         body_sha_b64,
         body_len,
         file_len: len,
+        part_len: part_len.unwrap_or(0),
+        parts_sha_b64: parts.map(PartHasher::finish).unwrap_or_default(),
     })
 }
 
@@ -196,13 +251,19 @@ pub(super) fn body_stream(file: Arc<std::fs::File>, len: u64, gzip: bool) -> Byt
             Ok(chunk.map(|c| (c, gz)))
         }));
     }
+    range_stream(file, 0, len)
+}
+
+/// `len` bytes of the file from `start` on, as a stream (an S3 part).
+pub(super) fn range_stream(file: Arc<std::fs::File>, start: u64, len: u64) -> ByteStream {
+    let end = start + len;
     Box::pin(futures_util::stream::try_unfold(
-        (file, 0u64),
+        (file, start),
         move |(f, pos)| async move {
-            if pos >= len {
+            if pos >= end {
                 return Ok(None);
             }
-            let want = CHUNK.min((len - pos) as usize);
+            let want = CHUNK.min((end - pos) as usize);
             let f2 = f.clone();
             let buf = blocking::run(move || {
                 let mut buf = vec![0u8; want];
@@ -363,6 +424,7 @@ mod tests {
             f.clone(),
             None,
             true,
+            &|_| None,
             Instant::now() + Duration::from_secs(60),
             &CancellationToken::new(),
         )

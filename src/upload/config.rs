@@ -62,6 +62,9 @@ pub struct UploadConfig {
     pub redactor: Redactor,
     /// The local ports every connection leaves from (`--own-ports`); None: ordinary ports.
     pub own_ports: Option<crate::ownports::PortRange>,
+    /// The S3 destination, when `--url` is an s3:// URL (then `method`, `form`, `headers`,
+    /// `gzip` and `bearer_token_file` are unset: refused with it).
+    pub s3: Option<std::sync::Arc<super::s3::S3Config>>,
 }
 
 /// Header values and the URL are secrets: Debug shows header names and the redacted URL only.
@@ -86,6 +89,7 @@ impl std::fmt::Debug for UploadConfig {
             .field("margin", &self.margin)
             .field("pod", &names(&self.pod))
             .field("redactor", &self.redactor)
+            .field("s3", &self.s3)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +98,15 @@ impl UploadConfig {
     /// The preStop budget: grace period minus safety margin.
     pub fn budget(&self) -> Duration {
         self.grace.saturating_sub(self.margin)
+    }
+
+    /// The URL every connection goes to, for the own-ports forwarder: `--url`, or the S3
+    /// bucket's URL.
+    pub fn connect_url(&self) -> Option<String> {
+        match &self.s3 {
+            Some(s3) => Some(s3.base_url().to_string()),
+            None => self.url.clone(),
+        }
     }
 
     /// The URL for one file, with `{file}` replaced.
@@ -181,10 +194,22 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         return Err(usage(format!("invalid --prefix {:?}", o.prefix)));
     }
     let url = url_of(o, url_required, &mut redactor)?;
-    let url_display = url
-        .as_deref()
-        .map(redact::url_for_display)
-        .unwrap_or_else(|| "(none)".into());
+    let s3 = match url.as_deref().filter(|u| super::s3::config::is_s3_url(u)) {
+        Some(u) => Some(std::sync::Arc::new(super::s3::config::from_opts(
+            o,
+            u,
+            &mut redactor,
+            &|k| std::env::var(k).ok(),
+        )?)),
+        None => None,
+    };
+    let url_display = match &s3 {
+        Some(s3) => s3.display(),
+        None => url
+            .as_deref()
+            .map(redact::url_for_display)
+            .unwrap_or_else(|| "(none)".into()),
+    };
     if let Some(f) = &o.form {
         if f.is_empty() || f.contains('"') || f.contains('\n') {
             return Err(usage(format!("invalid --form field name {f:?}")));
@@ -207,7 +232,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         layout: Layout::new(&o.dir, &o.prefix),
         url,
         url_display,
-        method: o.method,
+        method: o.method.unwrap_or(Method::Post),
         form: o.form.clone(),
         gzip: o.gzip,
         headers,
@@ -220,6 +245,7 @@ pub fn from_opts(o: &UploadOpts, url_required: bool) -> Result<UploadConfig, Con
         pod_uid,
         redactor,
         own_ports,
+        s3,
     })
 }
 
@@ -239,6 +265,10 @@ fn url_of(
         }
         _ => return Ok(None),
     };
+    if super::s3::config::is_s3_url(&u) {
+        // Checked by s3::config; its path is a key template, not a secret.
+        return Ok(Some(u));
+    }
     redactor.add_url(&u);
     // `{file}` is not valid in every URL part; check the URL with a sample name.
     let parsed = Url::parse(&u.replace(FILE_PLACEHOLDER, "x")).map_err(|e| {
@@ -249,7 +279,7 @@ fn url_of(
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(usage(format!(
-            "invalid --url {}: only http and https are supported",
+            "invalid --url {}: only http, https and s3 are supported",
             redact::url_for_display(&u)
         )));
     }
@@ -417,7 +447,7 @@ mod tests {
             dir: ".".into(),
             prefix: "capture".into(),
             url: Some("https://h.example/hook/PATHSECRET1?sig=QUERYSECRET2".into()),
-            method: Method::Post,
+            method: None,
             form: None,
             gzip: false,
             headers: vec!["X-Api-Key: HEADERSECRET3".into()],
@@ -427,6 +457,11 @@ mod tests {
             grace_period: "30s".into(),
             safety_margin: "2s".into(),
             own_ports: crate::ownports::DEFAULT_TEXT.into(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_addressing: crate::upload::args::Addressing::Auto,
+            s3_credentials_dir: None,
+            s3_part_size: "16MiB".into(),
         };
         let cfg = from_opts(&opts, true).unwrap();
         for text in [format!("{cfg:?}"), format!("{opts:?}"), format!("{cfg:#?}")] {

@@ -175,6 +175,7 @@ impl Engine {
             file: &file,
             prep: &prep,
             key: &key,
+            started: SystemTime::now(),
         };
         let r = FileResult {
             bytes: prep.file_len,
@@ -253,9 +254,15 @@ impl Engine {
                 .map_err(|e| not_attempted(format!("cannot open: {e}")))?,
         );
         let (f, gzip, cancel, limit) = (file.clone(), self.cfg.gzip, cancel.clone(), c.limit);
+        let s3 = self.cfg.s3.clone();
+        let part_of = move |len: u64| {
+            s3.as_ref()
+                .filter(|s3| s3.multipart(len))
+                .map(|s3| s3.part_size_for(len))
+        };
         let prepared = blocking::value(move || {
             body::check_pcap_header(&f)?;
-            Ok(body::prepare(f, limit, gzip, deadline, &cancel))
+            Ok(body::prepare(f, limit, gzip, &part_of, deadline, &cancel))
         })
         .await
         .map_err(|e| not_attempted(format!("digest task: {e}")))?;
@@ -265,7 +272,8 @@ impl Engine {
         }
     }
 
-    /// Attempts until one is accepted, the receiver refuses for good, the deadline, or a stop.
+    /// Attempts until one is accepted, the receiver refuses for good, the deadline, or a stop;
+    /// an S3 file over the part size goes up in parts ([`super::s3::multipart`]).
     async fn attempts(
         &self,
         u: &Upload<'_>,
@@ -273,26 +281,68 @@ impl Engine {
         t: Times,
         cancel: &CancellationToken,
     ) -> FileResult {
+        let ended_as = if let (Some(s3), true) = (&self.cfg.s3, u.prep.part_len > 0) {
+            super::s3::multipart::upload(self, s3, u, &mut r, (t.deadline, t.horizon), cancel).await
+        } else {
+            let send = |n: u32, remaining: Duration| {
+                request::send_once(
+                    &self.client,
+                    self.own.as_ref(),
+                    &self.cfg,
+                    u,
+                    remaining,
+                    t.horizon,
+                    n,
+                )
+            };
+            self.retrying(&u.c.name, &mut r, t.deadline, cancel, send)
+                .await
+                .map(|_| ())
+        };
+        match ended_as {
+            Ok(()) => {
+                r.status = FileStatus::Uploaded;
+                r.error = None;
+                self.record(u, &r).await;
+                r
+            }
+            Err((status, why)) => ended(r, status, self.in_context(status, why)),
+        }
+    }
+
+    /// A rejection by an S3 store names the bucket and the endpoint (a wrong bucket or
+    /// endpoint is the usual cause).
+    fn in_context(&self, status: FileStatus, why: String) -> String {
+        match &self.cfg.s3 {
+            Some(s3) if status == FileStatus::Rejected => format!(
+                "{why} (bucket {} at {})",
+                s3.bucket_name,
+                s3.endpoint.as_str().trim_end_matches('/')
+            ),
+            _ => why,
+        }
+    }
+
+    /// One request (`send(attempt, time left)`) tried until it is accepted (its answer), the
+    /// receiver refuses for good, the deadline, or a stop (the status and why). Counts the
+    /// attempts in `r` and in the metrics.
+    pub(super) async fn retrying<F, Fut>(
+        &self,
+        name: &str,
+        r: &mut FileResult,
+        deadline: Instant,
+        cancel: &CancellationToken,
+        mut send: F,
+    ) -> Result<Attempt, (FileStatus, String)>
+    where
+        F: FnMut(u32, Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt>,
+    {
         let mut last_error = String::new();
         loop {
-            let remaining = t.deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < retry::MIN_ATTEMPT || cancel.is_cancelled() {
-                let why = if cancel.is_cancelled() {
-                    "stopped"
-                } else {
-                    "deadline reached"
-                };
-                let status = if r.attempts == 0 {
-                    FileStatus::NotAttempted
-                } else {
-                    FileStatus::Failed
-                };
-                let msg = if last_error.is_empty() {
-                    why.to_string()
-                } else {
-                    format!("{why}; last error: {last_error}")
-                };
-                return ended(r, status, msg);
+                return Err(stopped(r, cancel.is_cancelled(), &last_error));
             }
             r.attempts += 1;
             self.metrics.attempts.fetch_add(1, Relaxed);
@@ -300,20 +350,14 @@ impl Engine {
                 self.metrics.retries.fetch_add(1, Relaxed);
             }
             let attempt = tokio::select! {
-                a = request::send_once(&self.client, self.own.as_ref(), &self.cfg, u, remaining, t.horizon, r.attempts) => a,
+                a = send(r.attempts, remaining) => a,
                 _ = cancel.cancelled() => Attempt::Transport(TransportError::Other, "stopped during the upload".into()),
             };
-            let action = classify(&attempt, &mut r, &mut last_error);
-            match action {
-                RetryAction::Success => {
-                    r.status = FileStatus::Uploaded;
-                    r.error = None;
-                    self.record(u, &r).await;
-                    return r;
-                }
-                RetryAction::Permanent => return ended(r, FileStatus::Rejected, last_error),
+            match classify(&attempt, r, &mut last_error) {
+                RetryAction::Success => return Ok(attempt),
+                RetryAction::Permanent => return Err((FileStatus::Rejected, last_error)),
                 RetryAction::Retry { retry_after } => {
-                    let remaining = t.deadline.saturating_duration_since(Instant::now());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
                     let b = retry::backoff(
                         r.attempts - 1,
                         BACKOFF_BASE,
@@ -324,7 +368,7 @@ impl Engine {
                         continue; // the top of the loop reports the deadline
                     };
                     tracing::warn!(
-                        file = %u.c.name,
+                        file = %name,
                         attempt = r.attempts,
                         error = %last_error,
                         retry_in_ms = sleep.as_millis() as u64,
@@ -356,6 +400,26 @@ impl Engine {
     }
 }
 
+/// The status and why of attempts ended by the deadline or a stop.
+fn stopped(r: &FileResult, cancelled: bool, last_error: &str) -> (FileStatus, String) {
+    let why = if cancelled {
+        "stopped"
+    } else {
+        "deadline reached"
+    };
+    let status = if r.attempts == 0 {
+        FileStatus::NotAttempted
+    } else {
+        FileStatus::Failed
+    };
+    let msg = if last_error.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}; last error: {last_error}")
+    };
+    (status, msg)
+}
+
 /// What to do after `a`; notes its HTTP status in `r` and its error in `last_error`.
 pub(super) fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String) -> RetryAction {
     match a {
@@ -363,14 +427,22 @@ pub(super) fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String)
             code,
             retry_after,
             body,
+            ..
         } => {
             r.http_status = Some(*code);
-            let action = retry::classify_status(*code, retry_after.as_deref(), SystemTime::now());
+            let s3_error = super::s3::error_of(body);
+            let action = match s3_error.as_deref() {
+                // S3 says "send again" with a 400 when a body came too slowly.
+                Some(e) if e.starts_with("RequestTimeout") => {
+                    RetryAction::Retry { retry_after: None }
+                }
+                _ => retry::classify_status(*code, retry_after.as_deref(), SystemTime::now()),
+            };
             if action != RetryAction::Success {
-                *last_error = if body.is_empty() {
-                    format!("HTTP {code}")
-                } else {
-                    format!("HTTP {code}: {body}")
+                *last_error = match s3_error {
+                    Some(e) => format!("S3 error {e} (HTTP {code})"),
+                    None if body.is_empty() => format!("HTTP {code}"),
+                    None => format!("HTTP {code}: {body}"),
                 };
                 if (300..400).contains(code) {
                     last_error
@@ -382,6 +454,10 @@ pub(super) fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String)
         Attempt::Transport(kind, msg) => {
             last_error.clone_from(msg);
             retry::classify_transport(*kind)
+        }
+        Attempt::Local(msg) => {
+            last_error.clone_from(msg);
+            RetryAction::Permanent
         }
     }
 }
@@ -443,12 +519,12 @@ fn log_result(r: &FileResult) {
 fn own_ports(
     cfg: &UploadConfig,
 ) -> Result<Option<crate::ownports::forward::OwnPorts>, EngineError> {
-    let (Some(range), Some(url)) = (cfg.own_ports, cfg.url.as_deref()) else {
+    let (Some(range), Some(url)) = (cfg.own_ports, cfg.connect_url()) else {
         return Ok(None);
     };
     let tmp = std::env::temp_dir();
     crate::ownports::forward::OwnPorts::start(
-        url,
+        &url,
         super::redact::FILE_PLACEHOLDER,
         range,
         &[cfg.layout.dir.as_path(), tmp.as_path()],

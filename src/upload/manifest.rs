@@ -189,6 +189,7 @@ pub async fn send(
         body_sha_b64: &body_sha_b64,
         media_type: MEDIA_TYPE,
         gzip: false,
+        started: SystemTime::now(),
     };
     let body = bytes::Bytes::from(body);
     let mut last_error = String::new();

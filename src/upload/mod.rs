@@ -28,6 +28,7 @@ pub mod redact;
 pub mod report;
 mod request;
 pub mod retry;
+pub mod s3;
 pub mod snapshot;
 pub mod state;
 
@@ -72,10 +73,12 @@ pub enum UploadError {
     #[error("stopped by a signal with {left} file(s) not uploaded: {files}")]
     Stopped { left: usize, files: String },
     #[error(
-        "the receiver rejected {rejected} file(s) for good; {left} file(s) not uploaded: {files}"
+        "the receiver rejected {rejected} file(s) for good ({first}); {left} file(s) not uploaded: {files}"
     )]
     Rejected {
         rejected: usize,
+        /// The first rejected file and why (an S3 error code and the bucket, an HTTP status).
+        first: String,
         left: usize,
         files: String,
     },
@@ -257,6 +260,12 @@ fn result_of(report: &report::Report, stopped: bool) -> Result<(), UploadError> 
         exit::RUNTIME => Err(UploadError::Runtime(report.reason.clone())),
         exit::REJECTED => Err(UploadError::Rejected {
             rejected: t.rejected,
+            first: report
+                .files
+                .iter()
+                .find(|f| f.status == report::FileStatus::Rejected)
+                .map(|f| format!("{}: {}", f.name, f.error.as_deref().unwrap_or("")))
+                .unwrap_or_default(),
             left: t.left,
             files,
         }),

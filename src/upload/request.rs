@@ -19,15 +19,25 @@ use crate::ownports::forward::{Fail, OwnPorts};
 
 /// How much of an error response body is kept for the report (scrubbed).
 const ERROR_BODY_LIMIT: usize = 512;
+/// How much of a successful response body is kept (an S3 answer: an upload id, an error
+/// inside a 200 of CompleteMultipartUpload).
+const OK_BODY_LIMIT: usize = 8 * 1024;
 
 /// How one attempt ended.
 pub(super) enum Attempt {
     Status {
         code: u16,
         retry_after: Option<String>,
+        /// The error body (scrubbed, at most [`ERROR_BODY_LIMIT`]), or on success the start of
+        /// the body as sent.
         body: String,
+        /// The `ETag` response header (S3 UploadPart).
+        etag: Option<String>,
     },
     Transport(TransportError, String),
+    /// Not sent: something on our side that another attempt will not change (an S3 key over
+    /// 1024 bytes).
+    Local(String),
 }
 
 /// What every attempt at one file sends: the file, its digests and its idempotency key.
@@ -36,6 +46,8 @@ pub(super) struct Upload<'a> {
     pub file: &'a Arc<std::fs::File>,
     pub prep: &'a Prepared,
     pub key: &'a str,
+    /// When this file's upload started (the S3 key's date parts).
+    pub started: std::time::SystemTime,
 }
 
 /// What one request carries, whatever it is: a capture file (streamed, gzip'd with `--gzip`) or
@@ -51,6 +63,8 @@ pub(super) struct Payload<'a> {
     pub body_sha_b64: &'a str,
     pub media_type: &'a str,
     pub gzip: bool,
+    /// When the upload of this payload started (the S3 key's date parts).
+    pub started: std::time::SystemTime,
 }
 
 impl<'a> Payload<'a> {
@@ -63,6 +77,7 @@ impl<'a> Payload<'a> {
             body_sha_b64: &u.prep.body_sha_b64,
             media_type: FileFormat::media_type_of(&u.c.name),
             gzip: cfg.gzip,
+            started: u.started,
         }
     }
 }
@@ -94,6 +109,62 @@ pub(super) async fn send_once(
     }
 }
 
+/// The body of one signed S3 request.
+pub(super) enum S3Body {
+    Empty,
+    Bytes(bytes::Bytes),
+    /// `len` bytes of the file from `start` (one part).
+    File {
+        file: Arc<std::fs::File>,
+        start: u64,
+        len: u64,
+    },
+}
+
+/// One attempt at a signed S3 request (multipart steps), at most `remaining` long; `horizon`
+/// is the end of the whole run. A part's body is watched like a file's ([`body::watch`]).
+pub(super) async fn send_signed(
+    client: &reqwest::Client,
+    own: Option<&OwnPorts>,
+    cfg: &UploadConfig,
+    signed: crate::upload::s3::Signed,
+    body: S3Body,
+    remaining: Duration,
+    horizon: Instant,
+) -> Attempt {
+    let since = Instant::now();
+    let run_left = horizon.saturating_duration_since(since);
+    let req = signed.request(client);
+    match body {
+        S3Body::Empty => {
+            let limits = retry::attempt_limits(remaining, run_left, 0);
+            let req = req.header(header::CONTENT_LENGTH, 0).timeout(limits.total);
+            exchange(req, &cfg.redactor, own, since).await
+        }
+        S3Body::Bytes(b) => {
+            let limits = retry::attempt_limits(remaining, run_left, b.len() as u64);
+            let req = req
+                .header(header::CONTENT_LENGTH, b.len())
+                .body(b)
+                .timeout(limits.total);
+            exchange(req, &cfg.redactor, own, since).await
+        }
+        S3Body::File { file, start, len } => {
+            let limits = retry::attempt_limits(remaining, run_left, len);
+            let progress = Arc::new(body::Progress::default());
+            let stream = body::tracked(body::range_stream(file, start, len), len, progress.clone());
+            let req = req
+                .header(header::CONTENT_LENGTH, len)
+                .body(stream)
+                .timeout(limits.total);
+            tokio::select! {
+                a = exchange(req, &cfg.redactor, own, since) => a,
+                why = body::watch(&progress, limits) => Attempt::Transport(TransportError::Timeout, why),
+            }
+        }
+    }
+}
+
 /// One attempt at a payload held in memory (a snapshot manifest), at most `timeout` long.
 pub(super) async fn send_bytes(
     client: &reqwest::Client,
@@ -121,6 +192,9 @@ async fn build(
     body: reqwest::Body,
 ) -> Result<reqwest::RequestBuilder, Attempt> {
     let other = |m: String| Attempt::Transport(TransportError::Other, m);
+    if let Some(s3) = &cfg.s3 {
+        return build_s3(client, cfg, s3, p, body).await;
+    }
     let Some(url) = cfg.url_for(p.name) else {
         return Err(other("no --url".into()));
     };
@@ -150,6 +224,41 @@ async fn build(
         .header("x-sidecap-attempt", attempt.to_string())
         .header("idempotency-key", p.key);
     with_body(req, cfg, p, body).map_err(other)
+}
+
+/// An S3 PutObject of the whole payload: presigned with the credentials read now (a rotated
+/// Secret is picked up), the body's SHA-256 in `x-amz-checksum-sha256`.
+async fn build_s3(
+    client: &reqwest::Client,
+    cfg: &UploadConfig,
+    s3: &Arc<crate::upload::s3::S3Config>,
+    p: &Payload<'_>,
+    body: reqwest::Body,
+) -> Result<reqwest::RequestBuilder, Attempt> {
+    let key = s3
+        .template
+        .render(p.name, &s3.pod, p.started)
+        .map_err(Attempt::Local)?;
+    let creds = credentials(s3, &cfg.redactor).await?;
+    let signed = crate::upload::s3::put_object(s3, &creds, &key, p.media_type, p.body_sha_b64);
+    let req = signed
+        .request(client)
+        .header(header::CONTENT_LENGTH, p.len)
+        .body(body);
+    Ok(req)
+}
+
+/// The S3 credentials for one request (a Secret directory is read on the blocking pool). A
+/// missing file is worth a retry: a Secret being updated is briefly absent.
+pub(super) async fn credentials(
+    s3: &Arc<crate::upload::s3::S3Config>,
+    redactor: &Redactor,
+) -> Result<crate::upload::s3::config::Credentials, Attempt> {
+    let (s3, mut redactor) = (s3.clone(), redactor.clone());
+    blocking::value(move || s3.credentials(&mut redactor))
+        .await
+        .map_err(|e| Attempt::Transport(TransportError::Other, e.to_string()))?
+        .map_err(|e| Attempt::Transport(TransportError::Other, crate::exit::with_causes(&e)))
 }
 
 /// The body as a multipart form part (`--form`) or raw, with its length, type and digest.
@@ -207,16 +316,20 @@ async fn exchange(
     };
     let code = resp.status().as_u16();
     let ok = (200..300).contains(&code);
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |n: header::HeaderName| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let retry_after = header(header::RETRY_AFTER);
+    let etag = header(header::ETAG);
+    let limit = if ok { OK_BODY_LIMIT } else { ERROR_BODY_LIMIT };
     let mut body = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(ch)) => {
-                let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
+                let room = limit.saturating_sub(body.len());
                 body.extend_from_slice(&ch[..ch.len().min(room)]);
             }
             Ok(None) => break,
@@ -226,7 +339,7 @@ async fn exchange(
         }
     }
     let body = if ok {
-        String::new()
+        String::from_utf8_lossy(&body).into_owned()
     } else {
         let t: String = String::from_utf8_lossy(&body)
             .chars()
@@ -238,6 +351,7 @@ async fn exchange(
         code,
         retry_after,
         body,
+        etag,
     }
 }
 

@@ -5,6 +5,7 @@
 mod capture;
 mod docs;
 mod faults;
+mod garage;
 mod helpers;
 mod laptop;
 mod nginx;
@@ -12,6 +13,7 @@ mod ownports;
 mod pcapng;
 mod receiver;
 mod report;
+mod s3;
 mod security;
 mod snapshot;
 mod upload;
