@@ -128,10 +128,10 @@ if not m:
     errors.append(f"the upload URL {url!r} is not s3://BUCKET[/KEY-TEMPLATE] (a literal, not secret)")
 elif m.group(3) and "{file}" not in m.group(3):
     errors.append(f"the key template {m.group(3)!r} lacks {{file}}: every file must get its own key")
-webhook_only = ("--method", "--form", "--header", "--bearer-token-file")
+webhook_only = ("--method", "--form", "--header", "--bearer-token-file", "--gzip")
 words = args + up.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
 errors += [f"webhook-only {w} with an s3:// URL (exit 3)" for w in webhook_only if any(a.split("=")[0] == w for a in words)]
-errors += [f"webhook-only {n} with an s3:// URL (exit 3)" for n in ("SIDECAP_BEARER_TOKEN_FILE", "SIDECAP_METHOD", "SIDECAP_HEADER") if n in env]
+errors += [f"webhook-only {n} with an s3:// URL (exit 3)" for n in ("SIDECAP_BEARER_TOKEN_FILE", "SIDECAP_METHOD", "SIDECAP_HEADER", "SIDECAP_FORM", "SIDECAP_GZIP") if n in env]
 creds = setting("--s3-credentials-dir", "SIDECAP_S3_CREDENTIALS_DIR")
 vols = {v["name"]: v for v in pod.get("volumes", [])}
 mount = next((m for m in up.get("volumeMounts", []) if creds and m["mountPath"].rstrip("/") == creds.rstrip("/")), None)

@@ -55,6 +55,15 @@ for _ in $(seq 1 100); do  # bounded: 10 s
   sleep 0.1
 done
 [ -n "$node" ] || fail "no node id after 10 s"
+# `node id` reads the node's key file; the RPC port may not listen yet (seen under load: the
+# layout command then fails with "Connection refused"). `status` goes through RPC: wait for it.
+up=
+for _ in $(seq 1 200); do  # bounded: 20 s
+  kill -0 "$pid" 2>/dev/null || fail "the server exited"
+  garage -c "$cfg" status >/dev/null 2>&1 && { up=1; break; }
+  sleep 0.1
+done
+[ -n "$up" ] || fail "RPC not answering after 20 s"
 g layout assign -z dc1 -c 1G "${node%%@*}" || fail "layout assign"
 g layout apply --version 1 || fail "layout apply"
 key="GK$(hex 12)" secret="$(hex 32)"

@@ -10,12 +10,14 @@
 #   initContainers: uploader (restartPolicy: Always), capture (restartPolicy: Always, startupProbe)
 #   containers:     main
 # Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
-# upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege. The
+# upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege,
+# s3 (the uploader uploads to a real object store, Garage, running in the pod like the receiver:
+# credentials from a mounted Secret, objects read back and checked). The
 # uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
-#   SIDECAP_E2E_CASES=job,deployment tests/e2e/run.sh   # only these cases (of: job
-#                                                       # deployment short-grace least-privilege)
+#   SIDECAP_E2E_CASES=s3,job tests/e2e/run.sh   # only these cases (of: job deployment
+#                                               # short-grace least-privilege s3)
 #   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -42,7 +44,7 @@ pass=0 fail=0 failed=()
 ok() { pass=$((pass + 1)); echo "  ok   $*"; }
 bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-cases_known=" job deployment short-grace least-privilege "
+cases_known=" job deployment short-grace least-privilege s3 "
 for c in ${SIDECAP_E2E_CASES//,/ }; do
   [[ "$cases_known" == *" $c "* ]] || { echo "e2e: unknown case $c in SIDECAP_E2E_CASES (known:$cases_known)"; exit 1; }
 done
@@ -177,7 +179,7 @@ start_garage() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-garage" \
     -v "$garage_bin:/usr/local/bin/garage:ro" -v "$repo/scripts/garage-local.sh:/garage-local.sh:ro" \
     -v "$dir/garage:/garage" "$debian" bash /garage-local.sh --wait /garage 3900 captures >/dev/null || return 1
-  for _ in $(seq 1 150); do [ -s "$dir/garage/env" ] && break; alive "$pod-garage" || break; sleep 0.1; done
+  for _ in $(seq 1 450); do [ -s "$dir/garage/env" ] && break; alive "$pod-garage" || break; sleep 0.1; done  # 45 s: loaded CI
   [ -s "$dir/garage/env" ] || { echo "  garage did not start; log:"; podman logs "$pod-garage" 2>&1 | tail -20 | sed 's/^/    /'; return 1; }
   # shellcheck disable=SC1091
   . "$dir/garage/env"
@@ -505,6 +507,67 @@ lprun --user 0 --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /ca
 rc=$?
 check "as root with only NET_RAW it works too (exit $rc)" [ "$rc" = 0 ]
 [ "$fail" -gt 0 ] && { for f in "$lp"/*.log; do echo "    --- $f"; tail -5 "$f" | sed 's/^/    /'; done; }
+fi  # want
+
+case=s3
+if want; then
+echo "== s3: main fetches 12 MiB then makes 5 requests and exits; the uploader uploads to Garage (grace 20s)"
+before=$fail
+# Objects under the key template's prefix ({namespace}/{pod}/), read back from Garage into recv/
+# under the receiver's naming (NNN-FILE), so the webhook cases' file checks apply unchanged.
+s3_keys() {
+  s3c "http://127.0.0.1:3900/captures?list-type=2&prefix=e2e%2F$pod%2F" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
+}
+s3_fetch() {
+  local k n=0
+  for k in $(s3_keys); do
+    n=$((n + 1))
+    s3c -f -o "$dir/recv/$(printf %03d "$n")-${k##*/}" "http://127.0.0.1:3900/captures/$k" || return 1
+  done
+  [ "$n" -gt 0 ]
+}
+s3_keys_are_files() { # one object per finished file, each at namespace/pod/file
+  [ "$(s3_keys | sort | tr '\n' ' ')" = "$(volume_files | xargs -n1 basename | sed "s|^|e2e/$pod/|" | sort | tr '\n' ' ')" ] \
+    || { echo "    objects: $(s3_keys | tr '\n' ' ')"; echo "    files:   $(volume_files | xargs -n1 basename | tr '\n' ' ')"; return 1; }
+}
+multipart_object() { # an ETag of the form MD5-PARTS: Garage assembled the object from parts
+  local k
+  for k in $(s3_keys); do
+    s3c -I "http://127.0.0.1:3900/captures/$k" | grep -qiE '^etag: "[0-9a-f]{32}-[0-9]+"' && return 0
+  done
+  return 1
+}
+no_uploads_left() { # ListMultipartUploads: nothing in progress, no parts to bill
+  local out; out="$(s3c "http://127.0.0.1:3900/captures?uploads=")"
+  grep -q '<ListMultipartUploadsResult' <<<"$out" && ! grep -q '<Upload>' <<<"$out" || { echo "    $out"; return 1; }
+}
+secret_nowhere() { # the secret key is in no log, preStop output, report or ledger
+  local log; log="$(podman logs "$pod-uploader" 2>&1; cat "$dir/$pod-uploader.prestop.out" "$dir"/vol/*.json "$dir"/vol/*.jsonl 2>/dev/null)"
+  [ -n "$log" ] && ! grep -qF "$AWS_SECRET_ACCESS_KEY" <<<"$log"
+}
+if start_pod s3 20 0 "" "--max-total-size 64MiB --rotate-size 32MiB --format pcapng" "job 5 0.2 12582912"; then
+  timeout 60 podman wait "$pod-main" >/dev/null
+  delete_pod "$prestop"
+  show_timeline
+  check "app made its requests (exit 0)" exit_code_is "$pod-main" 0
+  check "capture exited 0, uploader exited 0" [ "$(state "$pod-capture" ExitCode):$(state "$pod-uploader" ExitCode)" = 0:0 ]
+  check "preStop upload exited 0" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 0 ]
+  check "everything finished before t0 + ${grace}s" finished_in_time
+  check "one object per finished file, at {namespace}/{pod}/{file} (Downward API env)" s3_keys_are_files
+  check "every object read back (SigV4 GET from the pod's network)" s3_fetch
+  mapfile -t received < <(received_files)
+  check "the objects are valid pcapng (tshark reads them to the end)" pcap_ok "${received[@]}"
+  check "every finished file on the volume is an object, byte for byte" all_volume_files_received
+  check "every object names the Pod and the interface (capinfos, tshark)" pcapng_identity
+  check "the file above one part (5 MiB) went up in parts (ETag MD5-N)" multipart_object
+  check "no multipart upload left in progress (ListMultipartUploads)" no_uploads_left
+  check "capture holds the app's first packet and its last connection's FIN/ACK" eval "first_syn_captured && last_fin_captured"
+  check "no uploader packet in the capture (-i any): S3 connections" [ "$(count_in_received "tcp.port == 3900")" = 0 ]
+  check "upload report on the volume: all uploaded, none left" \
+    [ "$(report '.totals.left'):$(report '.deadline_reached')" = "0:false" ]
+  check "the secret key is in no log, report or ledger" secret_nowhere
+  [ "$fail" -gt "$before" ] && { dump_logs; echo "    --- garage"; podman logs "$pod-garage" 2>&1 | tail -10 | sed 's/^/    /'; }
+else bad "pod start-up"; dump_logs; fi
 fi  # want
 
 echo
