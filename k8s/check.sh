@@ -9,7 +9,8 @@
 #     summary prints them;
 #  4. what those cannot see: the snapshot trigger's wiring (deployment.yaml) and the S3 example's
 #     (s3.yaml: s3:// URL, credentials from a read-only Secret mount, no secret in env), each
-#     shown to catch a fault planted in a copy.
+#     shown to catch a fault planted in a copy; with target/release/sidecap built, s3.yaml's
+#     preStop run with its container's env must exit 0 (a misspelt variable: 3).
 # Tools are pinned and installed into a venv under target/ (no network beyond PyPI). checkov runs
 # in an empty network namespace (unshare --net) with --skip-download, so it never phones home.
 set -euo pipefail
@@ -190,6 +191,46 @@ s3_fault "the Secret readable by others" 's/defaultMode: 0440  # group 65532 (fs
   "the Secret volume defaultMode 444 is readable by others"
 s3_fault "no credentials directory" '/- name: SIDECAP_S3_CREDENTIALS_DIR/,+1d' "the uploader has no --s3-credentials-dir"
 s3_fault "a Secret without the secret key" '/- key: AWS_SECRET_ACCESS_KEY/,+1d' "the Secret volume has no file AWS_SECRET_ACCESS_KEY"
+# The binary itself must accept the manifest's configuration: the uploader's preStop command run
+# with the container's env (literal values as written, Downward API values stand-ins, the volume
+# and the Secret mount as temp directories with dummy keys) on an empty volume exits 0. A
+# misspelt variable name is ignored by the YAML checks and by clap, not by this.
+s3_run_prestop='
+import sys, yaml, json
+dep = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "Deployment")
+pod = dep["spec"]["template"]["spec"]
+up = next(c for c in pod["initContainers"] if c["name"] == "uploader")
+mounts = {m["mountPath"]: m["name"] for m in up.get("volumeMounts", [])}
+vols = {v["name"]: v for v in pod.get("volumes", [])}
+def local(p):
+    for path, name in mounts.items():
+        if p == path or p.startswith(path + "/"):
+            kind = "secret" if "secret" in vols.get(name, {}) else "vol"
+            return sys.argv[2] + "/" + kind + p[len(path):]
+    return p
+env = [e["name"] + "=" + (local(e["value"]) if "value" in e else "check") for e in up.get("env", [])]
+cmd = [local(a) for a in up["lifecycle"]["preStop"]["exec"]["command"][1:]]
+print(json.dumps({"env": env, "cmd": cmd}))
+'
+s3_prestop() { # manifest -> the preStop's exit code
+  local spec root="$tmp/s3-run" env=() cmd=()
+  rm -rf "$root"; mkdir -p "$root/vol" "$root/secret"
+  printf 'GKcheck\n' > "$root/secret/AWS_ACCESS_KEY_ID"; printf 'check\n' > "$root/secret/AWS_SECRET_ACCESS_KEY"
+  spec="$("$bin/python" -c "$s3_run_prestop" "$1" "$root")" || return 99
+  mapfile -t env < <("$bin/python" -c 'import json,sys; print("\n".join(json.load(sys.stdin)["env"]))' <<<"$spec")
+  mapfile -t cmd < <("$bin/python" -c 'import json,sys; print("\n".join(json.load(sys.stdin)["cmd"]))' <<<"$spec")
+  env -i "${env[@]}" target/release/sidecap "${cmd[@]}" --log-to-pid1 never > "$root/log" 2>&1
+}
+if [ -x target/release/sidecap ]; then
+  if s3_prestop k8s/examples/s3.yaml; then ok "the binary accepts s3.yaml's uploader configuration (its preStop exits 0)"
+  else bad "s3.yaml's preStop with its env exits $?: $(tail -2 "$tmp/s3-run/log")"; fi
+  sed 's/- name: SIDECAP_S3_CREDENTIALS_DIR$/- name: SIDECAP_S3_CREDENTIAL_DIR/' k8s/examples/s3.yaml > "$tmp/s3-typo.yaml"
+  rc=0; s3_prestop "$tmp/s3-typo.yaml" || rc=$?  # (set -e: a bare failing call would end the script)
+  if [ "$rc" = 3 ]; then ok "a misspelt SIDECAP_S3_CREDENTIALS_DIR makes that preStop exit 3"
+  else bad "a misspelt SIDECAP_S3_CREDENTIALS_DIR: preStop exit $rc, not 3"; fi
+else
+  echo "  (target/release/sidecap not built: the manifest's configuration is not run)"
+fi
 
 echo "== checkov (Dockerfile, k8s/)"
 # The overlay's sources are checked as rendered (the component's patch alone is no workload).
