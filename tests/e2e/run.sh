@@ -22,6 +22,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 repo="$PWD"
+cases_known=" job deployment short-grace least-privilege s3 "
+cases_wanted="${SIDECAP_E2E_CASES:-}"
+for c in ${cases_wanted//,/ }; do
+  [[ "$cases_known" == *" $c "* ]] || { echo "e2e: unknown case $c in SIDECAP_E2E_CASES (known:$cases_known)"; exit 1; }
+done
 scripts/podman-setup.sh || exit 1
 image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
 debian="${SIDECAP_DEBIAN_IMAGE:-localhost/sidecap-debian:bookworm}"
@@ -44,10 +49,6 @@ pass=0 fail=0 failed=()
 ok() { pass=$((pass + 1)); echo "  ok   $*"; }
 bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-cases_known=" job deployment short-grace least-privilege s3 "
-for c in ${SIDECAP_E2E_CASES//,/ }; do
-  [[ "$cases_known" == *" $c "* ]] || { echo "e2e: unknown case $c in SIDECAP_E2E_CASES (known:$cases_known)"; exit 1; }
-done
 want() { [ -z "${SIDECAP_E2E_CASES:-}" ] || [[ ",$SIDECAP_E2E_CASES," == *",$case,"* ]]; }
 now_ms() { date +%s%3N; }
 state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
