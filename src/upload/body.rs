@@ -453,6 +453,62 @@ mod tests {
     }
 
     #[test]
+    fn part_digests_cover_the_file_in_part_order() {
+        // Part boundaries fall inside the first pass's 256 KiB reads: each part's digest must
+        // still be over exactly its bytes, and a range stream must send exactly those bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = Arc::new(std::fs::File::open(&p).unwrap());
+        let part = 300_007u64;
+        let prep = prepare(
+            f.clone(),
+            None,
+            false,
+            &|len| (len > part).then_some(part),
+            Instant::now() + Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(prep.part_len, part);
+        assert_eq!(prep.parts_sha_b64.len(), 4);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (i, chunk) in data.chunks(part as usize).enumerate() {
+            assert_eq!(
+                prep.parts_sha_b64[i],
+                b64.encode(Sha256::digest(chunk)),
+                "part {i}"
+            );
+            let start = i as u64 * part;
+            let sent = rt.block_on(async {
+                let mut s = range_stream(f.clone(), start, chunk.len() as u64);
+                let mut out = Vec::new();
+                while let Some(ch) = s.next().await {
+                    out.extend_from_slice(&ch.unwrap());
+                }
+                out
+            });
+            assert_eq!(sent, chunk, "part {i}");
+        }
+        // At or under the part size: one request, no part digests.
+        let one = prepare(
+            f,
+            Some(part),
+            false,
+            &|len| (len > part).then_some(part),
+            Instant::now() + Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!((one.part_len, one.parts_sha_b64.len()), (0, 0));
+    }
+
+    #[test]
     fn body_streams_of_two_attempts_do_not_share_a_file_offset() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");

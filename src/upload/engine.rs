@@ -432,10 +432,7 @@ pub(super) fn classify(a: &Attempt, r: &mut FileResult, last_error: &mut String)
             r.http_status = Some(*code);
             let s3_error = super::s3::error_of(body);
             let action = match s3_error.as_deref() {
-                // S3 says "send again" with a 400 when a body came too slowly.
-                Some(e) if e.starts_with("RequestTimeout") => {
-                    RetryAction::Retry { retry_after: None }
-                }
+                Some(e) if super::s3::is_transient(e) => RetryAction::Retry { retry_after: None },
                 _ => retry::classify_status(*code, retry_after.as_deref(), SystemTime::now()),
             };
             if action != RetryAction::Success {

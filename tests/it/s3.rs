@@ -246,12 +246,16 @@ struct Proxy {
     addr: String,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// The uploader's local port of every connection.
+    ports: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 struct ProxyCfg {
     target: u16,
     reset_after: Option<u64>,
     rate: Option<u64>,
+    /// Flip the byte at this offset of everything sent (once).
+    corrupt_at: Option<u64>,
 }
 
 impl Proxy {
@@ -265,17 +269,27 @@ impl Proxy {
         let (s, st) = (sent.clone(), stop.clone());
         let cfg = Arc::new(cfg);
         let did_reset = Arc::new(AtomicBool::new(false));
+        let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pp = ports.clone();
         std::thread::spawn(move || {
             for c in l.incoming() {
                 if st.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(c) = c else { continue };
+                if let Ok(peer) = c.peer_addr() {
+                    pp.lock().unwrap().push(peer.port());
+                }
                 let (s, cfg, r) = (s.clone(), cfg.clone(), did_reset.clone());
                 std::thread::spawn(move || relay(c, &cfg, &s, &r));
             }
         });
-        Proxy { addr, sent, stop }
+        Proxy {
+            addr,
+            sent,
+            stop,
+            ports,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -318,6 +332,12 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
             std::thread::sleep(Duration::from_millis(50));
             return;
         }
+        if let Some(at) = cfg.corrupt_at {
+            let before = total - n as u64;
+            if (before..total).contains(&at) && !did_reset.swap(true, Ordering::SeqCst) {
+                buf[(at - before) as usize] ^= 0xff;
+            }
+        }
         if server.write_all(&buf[..n]).is_err() {
             return;
         }
@@ -344,6 +364,7 @@ fn s3_reset_mid_part_resends_only_that_part() {
         target: g.port(),
         reset_after: Some(7 << 20),
         rate: None,
+        corrupt_at: None,
     });
     let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "60s");
     cmd.args(["--s3-part-size", "5MiB"]);
@@ -383,6 +404,7 @@ fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
         target: g.port(),
         reset_after: None,
         rate: Some(2 << 20),
+        corrupt_at: None,
     });
     let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "8s", "2s");
     g.configure(&mut cmd, &p.endpoint());
@@ -407,4 +429,128 @@ fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
         g.multipart_uploads()
     );
     assert!(g.list().is_empty(), "{:?}", g.list());
+}
+
+#[test]
+fn s3_continuous_uploads_each_file_once_and_the_prestop_run_sends_nothing_again() {
+    require_root();
+    let g = Garage::start();
+    let (dir, names) = finished_capture(2);
+    let mut cmd = Command::new(bin());
+    cmd.args(["--log-format", "json", "uploader", "--continuous", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            "s3://caps/{pod}/{file}",
+            "--poll-interval",
+            "100ms",
+        ])
+        .args(["--listen", "off", "--own-ports", "none"]);
+    g.configure(&mut cmd, &g.endpoint);
+    let mut up = Proc::spawn(&mut cmd);
+    let t0 = Instant::now();
+    while g.list().len() < 2 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = up.wait_timeout(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{}", up.log_text());
+    for n in &names {
+        assert_stored(&g, dir.path(), &format!("pod1/{n}"), n);
+    }
+    let (code, _, log) = run(
+        &mut s3_upload(&g, dir.path(), "s3://caps/{pod}/{file}", &g.endpoint, "20s"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{log}");
+    let rep = report(dir.path());
+    for n in &names {
+        assert_eq!(file_status(&rep, n), "already_uploaded");
+    }
+    assert_eq!(g.list().len(), 2, "{:?}", g.list());
+}
+
+#[test]
+fn s3_snapshot_sends_its_files_and_the_manifest_under_the_template() {
+    require_root();
+    let g = Garage::start();
+    let (dir, names) = finished_capture(2);
+    let mut cmd = Command::new(bin());
+    cmd.args(["--log-format", "json", "snapshot", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            "s3://caps/snap/{pod}/{file}",
+            "--own-ports",
+            "none",
+        ])
+        .args(["--reason", "test", "--timeout", "30s"]);
+    g.configure(&mut cmd, &g.endpoint);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    for n in &names {
+        assert_stored(&g, dir.path(), &format!("snap/pod1/{n}"), n);
+    }
+    let manifests: Vec<String> = g
+        .list()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("snap/pod1/capture-snapshot-") && k.ends_with(".json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{:?}", g.list());
+    let m: serde_json::Value = serde_json::from_slice(&g.get(&manifests[0]).unwrap()).unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 2, "{m:#}");
+    assert_eq!(m["reason"], "test");
+}
+
+#[test]
+fn s3_a_body_corrupted_on_the_way_is_refused_by_the_store_and_sent_again() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    write_pcap(&dir.path().join(name), 200, 1000);
+    // One byte flipped 100 KB into the request (the head is well under 2 KB): in the body.
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: None,
+        rate: None,
+        corrupt_at: Some(100_000),
+    });
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    // The store computed the body's SHA-256, found it differs from x-amz-checksum-sha256, and
+    // stored nothing; the second attempt's body was intact.
+    assert!(log.contains("InvalidDigest"), "{log}");
+    assert_eq!(report(dir.path())["files"][0]["attempts"], 2);
+    assert_stored(&g, dir.path(), name, name);
+}
+
+#[test]
+fn s3_requests_leave_from_the_uploaders_own_ports() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 11);
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        reset_after: None,
+        rate: None,
+        corrupt_at: None,
+    });
+    // The default --own-ports, single and multipart requests alike.
+    let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "30s", "1s");
+    g.configure(&mut cmd, &p.endpoint());
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert_eq!(code, 0, "{log}");
+    assert_stored(&g, dir.path(), name, name);
+    let ports = p.ports.lock().unwrap().clone();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (61000..=61031).contains(p)),
+        "connections from {ports:?}"
+    );
 }

@@ -132,6 +132,18 @@ pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
     )
 }
 
+/// S3 errors sent with a 4xx that another attempt can fix: the body came too slowly
+/// (`RequestTimeout`), or did not match its checksum (`BadDigest` on AWS, `InvalidDigest` on
+/// Garage, `XAmzContentChecksumMismatch`): the file's digest was taken from the file, so a
+/// mismatch is the wire's doing, and the next attempt sends the same bytes again.
+pub fn is_transient(error: &str) -> bool {
+    let code = error.split(':').next().unwrap_or("");
+    matches!(
+        code,
+        "RequestTimeout" | "BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch"
+    )
+}
+
 /// XML-escapes text for a request body.
 pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -165,6 +177,11 @@ mod tests {
             Some("AccessDenied")
         );
         assert_eq!(error_of("plain text"), None);
+        assert!(is_transient(
+            "InvalidDigest: Invalid digest: Failed to validate checksum"
+        ));
+        assert!(is_transient("BadDigest") && is_transient("RequestTimeout: slow"));
+        assert!(!is_transient("NoSuchBucket: x") && !is_transient("AccessDenied"));
         assert_eq!(xml_text("<a>x &amp; y</a>", "a").as_deref(), Some("x & y"));
         assert_eq!(xml_escape("a<&\"'>"), "a&lt;&amp;&quot;&apos;&gt;");
     }
