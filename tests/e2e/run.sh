@@ -12,7 +12,8 @@
 # Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
 # upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege,
 # s3 (the uploader uploads to a real object store, Garage, running in the pod like the receiver:
-# credentials from a mounted Secret, objects read back and checked). The
+# credentials from a mounted Secret that is rotated before the preStop, objects read back and
+# checked). The
 # uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
@@ -542,19 +543,41 @@ no_uploads_left() { # ListMultipartUploads: nothing in progress, no parts to bil
   local out; out="$(s3c "http://127.0.0.1:3900/captures?uploads=")"
   grep -q '<ListMultipartUploadsResult' <<<"$out" && ! grep -q '<Upload>' <<<"$out" || { echo "    $out"; return 1; }
 }
-secret_nowhere() { # the secret key is in no log, preStop output, report or ledger
+secret_nowhere() { # neither secret key (before and after rotation) is in a log, report or ledger
   local log; log="$(podman logs "$pod-uploader" 2>&1; cat "$dir/$pod-uploader.prestop.out" "$dir"/vol/*.json "$dir"/vol/*.jsonl 2>/dev/null)"
-  [ -n "$log" ] && ! grep -qF "$AWS_SECRET_ACCESS_KEY" <<<"$log"
+  [ -n "$log" ] && ! grep -qF -e "$AWS_SECRET_ACCESS_KEY" -e "$old_secret" <<<"$log"
 }
+# Secret rotation while the uploader runs: a new key allowed on the bucket, the Secret directory
+# swapped the kubelet's way (AtomicWriter), the old key deleted. The uploader read the old key at
+# start; the preStop's uploads only work if the files are read again.
+rotate_s3_key() {
+  local g=(podman exec "$pod-garage" garage -c /garage/garage.toml) key secret
+  key="GK$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" secret="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+  "${g[@]}" key import --yes -n rotated "$key" "$secret" >/dev/null \
+    && "${g[@]}" bucket allow --read --write captures --key "$key" >/dev/null || return 1
+  atomic_write "$dir/s3-secret" AWS_ACCESS_KEY_ID "$key" AWS_SECRET_ACCESS_KEY "$secret" || return 1
+  "${g[@]}" key delete --yes "$AWS_ACCESS_KEY_ID" >/dev/null || return 1
+  old_key="$AWS_ACCESS_KEY_ID" old_secret="$AWS_SECRET_ACCESS_KEY"
+  AWS_ACCESS_KEY_ID="$key" AWS_SECRET_ACCESS_KEY="$secret"  # s3c signs with the new key from now on
+}
+old_key_refused() {
+  AWS_ACCESS_KEY_ID="$old_key" AWS_SECRET_ACCESS_KEY="$old_secret" s3c -o /dev/null -w '%{http_code}' \
+    "http://127.0.0.1:3900/captures?list-type=2" | grep -q '^403$'
+}
+old_key="" old_secret=""
 if start_pod s3 20 0 "" "--max-total-size 64MiB --rotate-size 32MiB --format pcapng" "job 5 0.2 12582912"; then
   timeout 60 podman wait "$pod-main" >/dev/null
+  check "the Secret rotated: new key in Garage and in the Secret directory, old key deleted" rotate_s3_key
   delete_pod "$prestop"
   show_timeline
+  # (S3 requests of the test itself only once the capture has stopped: the capture checks below
+  # count every packet to port 3900 as the uploader's.)
+  check "Garage refuses the old key (403)" old_key_refused
   check "app made its requests (exit 0)" exit_code_is "$pod-main" 0
   check "capture exited 0, uploader exited 0" [ "$(state "$pod-capture" ExitCode):$(state "$pod-uploader" ExitCode)" = 0:0 ]
   check "preStop upload exited 0" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 0 ]
   check "everything finished before t0 + ${grace}s" finished_in_time
-  check "one object per finished file, at {namespace}/{pod}/{file} (Downward API env)" s3_keys_are_files
+  check "one object per finished file, at {namespace}/{pod}/{file} (Downward API env), sent with the rotated key" s3_keys_are_files
   check "every object read back (SigV4 GET from the pod's network)" s3_fetch
   mapfile -t received < <(received_files)
   check "the objects are valid pcapng (tshark reads them to the end)" pcap_ok "${received[@]}"
