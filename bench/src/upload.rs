@@ -412,8 +412,7 @@ impl Garage {
     fn start(dir: &Path) -> Result<Garage, String> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/garage-local.sh");
         let port = free_port_block()?;
-        let out = Command::new("bash")
-            .arg(&script)
+        let out = Command::new(&script)
             .arg(dir)
             .arg(port.to_string())
             .arg(BUCKET)
