@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full capture benchmark (issues 5, 17): sidecap vs tcpdump, interleaved rep by rep, 64/512/1400 B
 # on lo, a veth in a netns and -i any (5 repetitions), a 3x longer run for RSS, and the stop
-# scenarios (idle, burst then SIGTERM). Writes bench/results/{latest.md,latest.csv,runs.csv,
-# stop.csv,plot.svg} (or --out DIR). Run as root on an otherwise idle machine: about 10 minutes.
+# scenarios (idle, burst then SIGTERM), then upload throughput of a 1 GiB file to a local Garage
+# (S3) and a webhook (issue 15). Writes bench/results/{latest.md,latest.csv,runs.csv,
+# stop.csv,upload.csv,plot.svg} (or --out DIR). Run as root on an otherwise idle machine: about 10 minutes.
 # Extra arguments go to `sidecap-bench run` (e.g. --out bench/results/run-a, --drop-caches,
 # --extra for the rate/sat2/rotation/slow-disk scenarios, --only NAME,.., --tools sidecap,tcpdump,dumpcap).
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v dumpcap >/dev/null || need+=(tshark)
 command -v fsfreeze >/dev/null || need+=(util-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v curl >/dev/null || need+=(curl)  # reads the upload section's objects back from Garage
 if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -34,6 +36,8 @@ cleanup() {
     umount "$work/slowdisk" && losetup -d "$dev" 2>/dev/null || true
   fi
   for ns in scb-node-$pid scb-pod-$pid; do ip netns del $ns 2>/dev/null || true; done
+  # The upload section's Garage (scripts/garage-local.sh runs it detached).
+  [ -s "$work/upload/garage/garage.pid" ] && kill -TERM "$(cat "$work/upload/garage/garage.pid")" 2>/dev/null
   rm -rf "$work"
   exit 1
 }

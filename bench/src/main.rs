@@ -4,6 +4,7 @@
 //! - `sidecap-bench run`  the full benchmark; writes bench/results/{latest.md,latest.csv,runs.csv,plot.svg}
 //! - `sidecap-bench ci`   a short load run that fails on any correctness problem
 //! - `sidecap-bench gen`  the traffic generator on its own (the runner starts it per run)
+//! - `sidecap-bench upload` upload throughput of a 1 GiB file to a local S3 store and a webhook
 
 mod env;
 mod gen;
@@ -12,6 +13,7 @@ mod report;
 mod runner;
 mod stop;
 mod tools;
+mod upload;
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -26,7 +28,9 @@ const USAGE: &str = "usage:
   sidecap-bench run [--reps N] [--tools sidecap,sidecap-pcapng,tcpdump,dumpcap] [--only NAME,..] [--quick]
                     [--extra] [--drop-caches] [--stop-reps N]
                     [--sidecap PATH] [--out DIR] [--work DIR] [--buffer-mib N] [--snaplen N]
-  sidecap-bench ci  [--sidecap PATH] [--out DIR] [--work DIR]
+                    [--upload-mib N] [--upload-reps N]
+  sidecap-bench ci  [--sidecap PATH] [--out DIR] [--work DIR] [--upload-mib N] [--upload-reps N]
+  sidecap-bench upload [--size-mib N] [--reps N] [--sidecap PATH] [--out DIR] [--work DIR]
   sidecap-bench stop [--reps N] [--sidecap PATH]
   sidecap-bench gen --dst IP:PORT --size BYTES --count N [--rate PPS] [--batch N] [--threads N]
                     [--sink-netns NAME] [--max-time SECS]
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&args[1..], false),
         Some("ci") => cmd_run(&args[1..], true),
         Some("stop") => cmd_stop(&args[1..]).map(|md| println!("{md}")),
+        Some("upload") => cmd_upload(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -115,6 +120,61 @@ fn cmd_stop(args: &[String]) -> Result<String, String> {
     let runs = stop_runs(&sidecap, &work, port, &tools, reps)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(stop::markdown(&runs, &tools) + "\n" + &stop::csv(&runs))
+}
+
+/// Upload throughput alone (also part of `run`): writes upload.md and upload.csv into --out.
+fn cmd_upload(args: &[String]) -> Result<(), String> {
+    let m = flags(args)?;
+    let sidecap = m
+        .get("sidecap")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../target/release/sidecap"));
+    let out = m
+        .get("out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("results"));
+    let work = m
+        .get("work")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/sidecap-bench-{}", std::process::id())));
+    let load_before = loadavg();
+    let runs = upload::run(&upload::Params {
+        sidecap: &sidecap,
+        work: &work,
+        size_mib: num(&m, "size-mib", 1024)?,
+        reps: num(&m, "reps", 2)?,
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let runs = runs?;
+    let md = format!(
+        "{}\nCommand: `target/release/sidecap-bench upload {}` on {}, finished {}\n",
+        upload::markdown(&runs, &format!("{load_before} before, {} after", loadavg())),
+        args.join(" "),
+        machine(),
+        first_line(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+    );
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (name, text) in [
+        ("upload.md", md.clone()),
+        ("upload.csv", upload::csv(&runs)),
+    ] {
+        std::fs::write(out.join(name), text)
+            .map_err(|e| format!("{}: {e}", out.join(name).display()))?;
+    }
+    println!("{md}\n(written to {})", out.display());
+    let problems: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.problems
+                .iter()
+                .map(move |p| format!("upload {} rep {}: {p}", r.dest, r.rep))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 fn stop_runs(
@@ -386,6 +446,31 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
     if ci {
         failures.extend(stop_gate(&stops));
     }
+    // Upload throughput (issue 15): ~1 GiB through `sidecap upload` to a local S3 store and a
+    // webhook; correctness problems fail the run, the figures are reported, not gated.
+    let upload_reps = num(&m, "upload-reps", if ci { 1 } else { 2 })?;
+    let upload_load = loadavg();
+    let uploads = if upload_reps > 0 && !m.contains_key("only") {
+        match upload::run(&upload::Params {
+            sidecap: &ctx.sidecap,
+            work: &work,
+            size_mib: num(&m, "upload-mib", if ci { 256 } else { 1024 })?,
+            reps: upload_reps,
+        }) {
+            Ok(u) => u,
+            Err(e) => {
+                failures.push(format!("upload: {e}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    for r in &uploads {
+        for p in &r.problems {
+            failures.push(format!("upload {} rep {}: {p}", r.dest, r.rep));
+        }
+    }
     drop(ctx);
     let _ = std::fs::remove_dir_all(&work);
 
@@ -417,6 +502,13 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
         md += &stop::markdown(&stops, &stop_tools);
         md += "\n";
     }
+    if !uploads.is_empty() {
+        md += &upload::markdown(
+            &uploads,
+            &format!("{upload_load} before, {} after", loadavg()),
+        );
+        md += "\n";
+    }
     if ci {
         md += &format!(
             "CI gate: median same-run CPU ratio sidecap/tcpdump <= {} on {}; sidecap captures no fewer packets than tcpdump (slack {}% of sent) on {}: {}\n\n",
@@ -443,6 +535,9 @@ fn cmd_run(args: &[String], ci: bool) -> Result<(), String> {
     w("runs.csv", &report::runs_csv(&runs))?;
     if !stops.is_empty() {
         w("stop.csv", &stop::csv(&stops))?;
+    }
+    if !uploads.is_empty() {
+        w("upload.csv", &upload::csv(&uploads))?;
     }
     if let Err(e) = report::plot(&aggs, &out.join("plot.svg")) {
         eprintln!("note: plot failed: {e}");

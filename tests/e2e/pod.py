@@ -5,11 +5,13 @@ receiver: a DNS server on 127.0.0.1:53 that answers every A query with 127.0.0.1
           uploader reaches the webhook by name, through the static binary's resolver, as it would
           through cluster DNS), the webhook (127.0.0.1:8080, stores every POST/PUT body under /recv, checks the bearer
           token, optional per-request delay to make uploads slow) and the app's server
-          (127.0.0.1:8081, answers GET with a small page). It stands for things outside the Pod.
+          (127.0.0.1:8081, answers GET with a small page, or N bytes for /?bytes=N). It stands for
+          things outside the Pod.
 app:      the main container: new TCP connection per request to the app server; "job" mode makes
           --count requests and exits 0, "serve" mode loops until SIGTERM, finishes the request in
           flight and exits 0. Prints the local ports of its first and last connection so the test
-          can find the first SYN and the last FIN/ACK in the capture.
+          can find the first SYN and the last FIN/ACK in the capture. An optional fifth argument
+          makes the first request fetch that many bytes (a capture file larger than one S3 part).
 """
 import http.client
 import http.server
@@ -106,7 +108,9 @@ def receiver(token, delay):
         protocol_version = "HTTP/1.0"
 
         def do_GET(self):
-            body = b"hello from the app server\n" * 8
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            size = int(query.get("bytes", ["0"])[0])
+            body = b"hello from the app server\n" * 8 if not size else os.urandom(size)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -123,7 +127,7 @@ def receiver(token, delay):
     hook.serve_forever()
 
 
-def app(mode, count, interval):
+def app(mode, count, interval, bulk=0):
     # The SIGTERM handler takes no lock: it appends to a list and writes with os.write. It was
     # `threading.Event.set`, which takes the Event's lock; a Python handler runs in the main
     # thread between bytecodes, so one that runs while that thread holds the lock inside
@@ -144,7 +148,8 @@ def app(mode, count, interval):
         conn = http.client.HTTPConnection("127.0.0.1", 8081, timeout=5)
         conn.connect()
         port = conn.sock.getsockname()[1]
-        conn.request("GET", "/", headers={"Connection": "close"})
+        path = "/?bytes=%d" % bulk if bulk and n == 0 else "/"
+        conn.request("GET", path, headers={"Connection": "close"})
         resp = conn.getresponse()
         resp.read()
         conn.close()
@@ -164,4 +169,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "receiver":
         receiver(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
     else:
-        app(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        app(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0)

@@ -10,18 +10,28 @@
 #   initContainers: uploader (restartPolicy: Always), capture (restartPolicy: Always, startupProbe)
 #   containers:     main
 # Cases: job (main exits by itself), deployment (the Pod is deleted while main runs, continuous
-# upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege. The
+# upload with rotation, a snapshot by annotation and one by exec first), short-grace (the deadline hits with files left), least-privilege,
+# s3 (the uploader uploads to a real object store, Garage, running in the pod like the receiver:
+# credentials from a mounted Secret that is rotated before the preStop, objects read back and
+# checked). The
 # uploader runs with every capability dropped and none added; only the capture adds NET_RAW.
 #
 #   tests/e2e/run.sh                   # everything
+#   SIDECAP_E2E_CASES=s3,job tests/e2e/run.sh   # only these cases (of: job deployment
+#                                               # short-grace least-privilege s3)
 #   SIDECAP_E2E_KEEP=1 tests/e2e/run.sh   # keep the work directory (volumes, logs) for a look
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 repo="$PWD"
+cases_known=" job deployment short-grace least-privilege s3 "
+cases_wanted="${SIDECAP_E2E_CASES:-}"
+for c in ${cases_wanted//,/ }; do
+  [[ "$cases_known" == *" $c "* ]] || { echo "e2e: unknown case $c in SIDECAP_E2E_CASES (known:$cases_known)"; exit 1; }
+done
 scripts/podman-setup.sh || exit 1
 image="$(SIDECAP_IMAGE="${SIDECAP_IMAGE:-localhost/sidecap:e2e}" scripts/build-image.sh)" || exit 1
 debian="${SIDECAP_DEBIAN_IMAGE:-localhost/sidecap-debian:bookworm}"
-for tool in tshark jq curl nsenter unshare getcap; do
+for tool in tshark capinfos jq curl nsenter unshare getcap; do
   command -v "$tool" >/dev/null || { echo "e2e: $tool missing (scripts/setup.sh, scripts/podman-setup.sh)"; exit 1; }
 done
 # Every container runs under runc-k8s-caps: the capability sets containerd/CRI-O give a non-root
@@ -40,6 +50,7 @@ pass=0 fail=0 failed=()
 ok() { pass=$((pass + 1)); echo "  ok   $*"; }
 bad() { fail=$((fail + 1)); failed+=("$case: $*"); echo "  FAIL $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+want() { [ -z "${SIDECAP_E2E_CASES:-}" ] || [[ ",$SIDECAP_E2E_CASES," == *",$case,"* ]]; }
 now_ms() { date +%s%3N; }
 state() { podman inspect -f "{{.State.$2}}" "$1" 2>/dev/null; }
 alive() { case "$(state "$1" Status)" in running|stopping) return 0 ;; *) return 1 ;; esac; }
@@ -76,13 +87,22 @@ caps_of() {
 # atomic_writer.go) does it: the payload goes into a new timestamped directory, a `..data_tmp` link
 # to it is renamed over `..data` (one rename(2): readers see the old or the new version, never a
 # mix), the user-visible name is a link into `..data`, and the old directory is removed.
+# Secret volumes are written by the same AtomicWriter, so atomic_write serves both.
 downward_write() { # dir annotations-text
+  atomic_write "$1" annotations "$2"
+}
+atomic_write() { # dir name text [name text]...
   local d="$1" ts old
+  shift
   ts="..$(date -u +%Y_%m_%d_%H_%M_%S).$(date +%N)"
-  mkdir -m 0755 "$d/$ts" && printf '%s\n' "$2" > "$d/$ts/annotations" && chmod 0644 "$d/$ts/annotations"
+  mkdir -m 0755 "$d/$ts" || return 1
+  while [ $# -ge 2 ]; do
+    printf '%s\n' "$2" > "$d/$ts/$1" && chmod 0644 "$d/$ts/$1" || return 1
+    [ -L "$d/$1" ] || ln -s "..data/$1" "$d/$1"
+    shift 2
+  done
   old="$(readlink "$d/..data" 2>/dev/null)"
   ln -s "$ts" "$d/..data_tmp" && mv -T "$d/..data_tmp" "$d/..data"
-  [ -L "$d/annotations" ] || ln -s ..data/annotations "$d/annotations"
   if [ -n "$old" ]; then rm -rf "${d:?}/$old"; fi
 }
 start_pod() {
@@ -107,6 +127,17 @@ start_pod() {
     "$debian" python3 /e2e/pod.py receiver "$token" "$3" >/dev/null || return 1
   infra_pid="$(podman inspect -f '{{.State.Pid}}' "$(podman pod inspect -f '{{.InfraContainerID}}' "$pod")")"
   local _; for _ in $(seq 1 100); do probe 8081 / && break; sleep 0.1; done
+  # The destination: the webhook, or (s3 case) the Garage store started here, reached by name
+  # through the pod's DNS like the webhook, credentials from a Secret volume.
+  local dest=(-e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}"
+    -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token)
+  if [ "$case" = s3 ]; then
+    start_garage || return 1
+    dest=(-e "SIDECAP_UPLOAD_URL=s3://captures/{namespace}/{pod}/{file}"
+      -e "SIDECAP_S3_ENDPOINT=http://s3.sidecap-e2e.test:3900" -e SIDECAP_S3_REGION=garage
+      -e SIDECAP_S3_CREDENTIALS_DIR=/var/run/secrets/sidecap-s3 -e SIDECAP_S3_PART_SIZE=5MiB
+      -v "$dir/s3-secret:/var/run/secrets/sidecap-s3:ro")
+  fi
   # The sidecars run exactly as the manifests say: default user of the image (65532), drop ALL,
   # read-only root filesystem. The uploader adds no capability at all and has no_new_privs
   # (allowPrivilegeEscalation: false): the binary's cap_net_raw+p has no effective bit, so the
@@ -116,9 +147,7 @@ start_pod() {
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-uploader" --read-only \
     --cap-drop ALL --security-opt no-new-privileges \
     -v "$dir/vol:/capture" -v "$dir/secret:/var/run/secrets/sidecap:ro" -v "$dir/resolv.conf:/etc/resolv.conf:ro" \
-    -v "$dir/podinfo:/etc/podinfo:ro" \
-    -e "SIDECAP_UPLOAD_URL=http://webhook.sidecap-e2e.test:8080/upload/{file}" \
-    -e SIDECAP_BEARER_TOKEN_FILE=/var/run/secrets/sidecap/token \
+    -v "$dir/podinfo:/etc/podinfo:ro" "${dest[@]}" \
     -e "SIDECAP_GRACE_PERIOD=${grace}s" -e SIDECAP_DIR=/capture \
     -e "POD_NAME=$pod" -e POD_NAMESPACE=e2e -e POD_UID=00000000-e2e -e NODE_NAME=localhost \
     "$image" uploader --dir /capture $4 >/dev/null || return 1
@@ -139,6 +168,30 @@ start_pod() {
   # shellcheck disable=SC2086
   podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-main" -v "$repo/tests/e2e:/e2e:ro" \
     "$debian" python3 /e2e/pod.py app $6 >/dev/null || return 1
+}
+
+# The object store of the s3 case: Garage (scripts/garage-local.sh) in the same Debian image as
+# the receiver, the host's /usr/local/bin/garage bind-mounted read-only (it needs only glibc). It
+# stands outside the Pod: the "kubelet" never stops it. Its key becomes a Secret volume, laid out
+# as the kubelet does (AtomicWriter: ..data links), mounted read-only in the uploader.
+start_garage() {
+  local garage_bin _
+  garage_bin="$(command -v garage)" || { echo "  garage not installed (scripts/setup.sh)"; return 1; }
+  mkdir -p "$dir/garage" "$dir/s3-secret"
+  podman run --runtime "$runtime" -d --pod "$pod" --name "$pod-garage" \
+    -v "$garage_bin:/usr/local/bin/garage:ro" -v "$repo/scripts/garage-local.sh:/garage-local.sh:ro" \
+    -v "$dir/garage:/garage" "$debian" bash /garage-local.sh --wait /garage 3900 captures >/dev/null || return 1
+  for _ in $(seq 1 450); do [ -s "$dir/garage/env" ] && break; alive "$pod-garage" || break; sleep 0.1; done  # 45 s: loaded CI
+  [ -s "$dir/garage/env" ] || { echo "  garage did not start; log:"; podman logs "$pod-garage" 2>&1 | tail -20 | sed 's/^/    /'; return 1; }
+  # shellcheck disable=SC1091
+  . "$dir/garage/env"
+  atomic_write "$dir/s3-secret" AWS_ACCESS_KEY_ID "$AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY "$AWS_SECRET_ACCESS_KEY"
+}
+# A request to Garage's S3 API from the host, in the pod's network namespace (as probe does),
+# signed with the key (SigV4, region garage) by curl.
+s3c() {
+  nsenter --net="/proc/$infra_pid/ns/net" curl -sS -m 20 --aws-sigv4 "aws:amz:garage:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
 }
 
 # Termination, copying the kubelet (pkg/kubelet/kuberuntime):
@@ -330,6 +383,7 @@ lifecycle_asserts() {
 prestop="/sidecap upload --dir /capture --safety-margin 2s"
 
 case=job
+if want; then
 echo "== job: main makes 5 requests and exits; the kubelet then stops the sidecars (grace 20s)"
 if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
   # A Job's Pod terminates when its main container has exited (KEP-753: sidecars then get the
@@ -344,8 +398,10 @@ if start_pod job 20 0 "" "--max-total-size 64MiB" "job 5 0.2"; then
   lifecycle_asserts
   [ "$fail" -gt 0 ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=deployment
+if want; then
 echo "== deployment: the Pod is deleted while main still runs; rotation + continuous upload (grace 20s)"
 before=$fail
 # The capture writes pcapng, as the manifests in k8s/examples do.
@@ -384,8 +440,10 @@ if start_pod deploy 20 0 "--continuous --poll-interval 500ms --annotations-file 
   check "the app's traffic is in the capture" [ "$(count_in_received "tcp.port == 8081")" -gt 0 ]
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=short-grace
+if want; then
 echo "== short grace: 4s of grace, a webhook that takes 3s per file, several files"
 before=$fail
 if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 0.25"; then
@@ -404,8 +462,10 @@ if start_pod short 4 3 "" "--max-total-size 64MiB --rotate-interval 1s" "job 20 
   check "no corrupt file at the receiver" pcap_ok "${received[@]}"
   [ "$fail" -gt "$before" ] && dump_logs
 else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 case=least-privilege
+if want; then
 echo "== least privilege"
 lp="$work/lp"; mkdir -p "$lp/vol" "$lp/fs"; chmod 0777 "$lp/vol"
 user="$(podman image inspect -f '{{.Config.User}}' "$image")"
@@ -449,6 +509,90 @@ lprun --user 0 --cap-drop ALL --cap-add NET_RAW "$image" capture -i lo --dir /ca
 rc=$?
 check "as root with only NET_RAW it works too (exit $rc)" [ "$rc" = 0 ]
 [ "$fail" -gt 0 ] && { for f in "$lp"/*.log; do echo "    --- $f"; tail -5 "$f" | sed 's/^/    /'; done; }
+fi  # want
+
+case=s3
+if want; then
+echo "== s3: main fetches 12 MiB then makes 5 requests and exits; the uploader uploads to Garage (grace 20s)"
+before=$fail
+# Objects under the key template's prefix ({namespace}/{pod}/), read back from Garage into recv/
+# under the receiver's naming (NNN-FILE), so the webhook cases' file checks apply unchanged.
+s3_keys() {
+  s3c "http://127.0.0.1:3900/captures?list-type=2&prefix=e2e%2F$pod%2F" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
+}
+s3_fetch() {
+  local k n=0
+  for k in $(s3_keys); do
+    n=$((n + 1))
+    s3c -f -o "$dir/recv/$(printf %03d "$n")-${k##*/}" "http://127.0.0.1:3900/captures/$k" || return 1
+  done
+  [ "$n" -gt 0 ]
+}
+s3_keys_are_files() { # one object per finished file, each at namespace/pod/file
+  [ "$(s3_keys | sort | tr '\n' ' ')" = "$(volume_files | xargs -n1 basename | sed "s|^|e2e/$pod/|" | sort | tr '\n' ' ')" ] \
+    || { echo "    objects: $(s3_keys | tr '\n' ' ')"; echo "    files:   $(volume_files | xargs -n1 basename | tr '\n' ' ')"; return 1; }
+}
+multipart_object() { # an ETag of the form MD5-PARTS: Garage assembled the object from parts
+  local k
+  for k in $(s3_keys); do
+    s3c -I "http://127.0.0.1:3900/captures/$k" | grep -qiE '^etag: "[0-9a-f]{32}-[0-9]+"' && return 0
+  done
+  return 1
+}
+no_uploads_left() { # ListMultipartUploads: nothing in progress, no parts to bill
+  local out; out="$(s3c "http://127.0.0.1:3900/captures?uploads=")"
+  grep -q '<ListMultipartUploadsResult' <<<"$out" && ! grep -q '<Upload>' <<<"$out" || { echo "    $out"; return 1; }
+}
+secret_nowhere() { # neither secret key (before and after rotation) is in a log, report or ledger
+  local log; log="$(podman logs "$pod-uploader" 2>&1; cat "$dir/$pod-uploader.prestop.out" "$dir"/vol/*.json "$dir"/vol/*.jsonl 2>/dev/null)"
+  [ -n "$log" ] && ! grep -qF -e "$AWS_SECRET_ACCESS_KEY" -e "$old_secret" <<<"$log"
+}
+# Secret rotation while the uploader runs: a new key allowed on the bucket, the Secret directory
+# swapped the kubelet's way (AtomicWriter), the old key deleted. The uploader read the old key at
+# start; the preStop's uploads only work if the files are read again.
+rotate_s3_key() {
+  local g=(podman exec "$pod-garage" garage -c /garage/garage.toml) key secret
+  key="GK$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" secret="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+  "${g[@]}" key import --yes -n rotated "$key" "$secret" >/dev/null \
+    && "${g[@]}" bucket allow --read --write captures --key "$key" >/dev/null || return 1
+  atomic_write "$dir/s3-secret" AWS_ACCESS_KEY_ID "$key" AWS_SECRET_ACCESS_KEY "$secret" || return 1
+  "${g[@]}" key delete --yes "$AWS_ACCESS_KEY_ID" >/dev/null || return 1
+  old_key="$AWS_ACCESS_KEY_ID" old_secret="$AWS_SECRET_ACCESS_KEY"
+  AWS_ACCESS_KEY_ID="$key" AWS_SECRET_ACCESS_KEY="$secret"  # s3c signs with the new key from now on
+}
+old_key_refused() {
+  AWS_ACCESS_KEY_ID="$old_key" AWS_SECRET_ACCESS_KEY="$old_secret" s3c -o /dev/null -w '%{http_code}' \
+    "http://127.0.0.1:3900/captures?list-type=2" | grep -q '^403$'
+}
+old_key="" old_secret=""
+if start_pod s3 20 0 "" "--max-total-size 64MiB --rotate-size 32MiB --format pcapng" "job 5 0.2 12582912"; then
+  timeout 60 podman wait "$pod-main" >/dev/null
+  check "the Secret rotated: new key in Garage and in the Secret directory, old key deleted" rotate_s3_key
+  delete_pod "$prestop"
+  show_timeline
+  # (S3 requests of the test itself only once the capture has stopped: the capture checks below
+  # count every packet to port 3900 as the uploader's.)
+  check "Garage refuses the old key (403)" old_key_refused
+  check "app made its requests (exit 0)" exit_code_is "$pod-main" 0
+  check "capture exited 0, uploader exited 0" [ "$(state "$pod-capture" ExitCode):$(state "$pod-uploader" ExitCode)" = 0:0 ]
+  check "preStop upload exited 0" [ "$(cat "$dir/$pod-uploader.prestop.rc" 2>/dev/null)" = 0 ]
+  check "everything finished before t0 + ${grace}s" finished_in_time
+  check "one object per finished file, at {namespace}/{pod}/{file} (Downward API env), sent with the rotated key" s3_keys_are_files
+  check "every object read back (SigV4 GET from the pod's network)" s3_fetch
+  mapfile -t received < <(received_files)
+  check "the objects are valid pcapng (tshark reads them to the end)" pcap_ok "${received[@]}"
+  check "every finished file on the volume is an object, byte for byte" all_volume_files_received
+  check "every object names the Pod and the interface (capinfos, tshark)" pcapng_identity
+  check "the file above one part (5 MiB) went up in parts (ETag MD5-N)" multipart_object
+  check "no multipart upload left in progress (ListMultipartUploads)" no_uploads_left
+  check "capture holds the app's first packet and its last connection's FIN/ACK" eval "first_syn_captured && last_fin_captured"
+  check "no uploader packet in the capture (-i any): S3 connections" [ "$(count_in_received "tcp.port == 3900")" = 0 ]
+  check "upload report on the volume: all uploaded, none left" \
+    [ "$(report '.totals.left'):$(report '.deadline_reached')" = "0:false" ]
+  check "the secret key is in no log, report or ledger" secret_nowhere
+  [ "$fail" -gt "$before" ] && { dump_logs; echo "    --- garage"; podman logs "$pod-garage" 2>&1 | tail -10 | sed 's/^/    /'; }
+else bad "pod start-up"; dump_logs; fi
+fi  # want
 
 echo
 echo "image: $image, $(podman image inspect -f '{{.Size}}' "$image") bytes"
