@@ -7,7 +7,7 @@
 # Why each piece (sizes measured in docs/image.md):
 # - An explicit --target keeps the host's normal target/release build untouched (RUSTFLAGS with
 #   +crt-static then apply to the binary only, not to build scripts and proc-macros).
-# - Cargo.toml's `image` profile (release + fat LTO, one codegen unit, opt-level "s" except the
+# - Cargo.toml's `image` profile (release + fat LTO, one codegen unit, opt-level "z" except the
 #   uploader's per-byte crates).
 # - libpcap.a is a copy of Debian's without pcap-dbus.o (pcap-nodbus.c stands in): Debian builds
 #   libpcap with D-Bus capture, which would link libdbus-1.a and, through it, libsystemd symbols
@@ -39,8 +39,21 @@ objcopy -R .eh_frame "$(cc -print-file-name=libc.a)" "$libs/libc.a.tmp"
 for a in libpcap.a libc.a; do
   if cmp -s "$libs/$a.tmp" "$libs/$a"; then rm "$libs/$a.tmp"; else mv "$libs/$a.tmp" "$libs/$a"; fi
 done
+# Source paths in panic locations are relative to the crate (`http-1.5.0/src/uri/scheme.rs`,
+# `src/capture/mod.rs`) instead of `$CARGO_HOME/registry/src/index.crates.io-<hash>/...` and the
+# checkout's absolute path: ~300 such strings, -17 KB. The sources are fetched first so the
+# registry's directory exists to be named (a no-op when they are already there).
+(cd "$root" && cargo fetch --locked >&2)
+remap=""
+for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+  [ -d "$d" ] && remap="$remap --remap-path-prefix=$d="
+done
+remap="$remap --remap-path-prefix=$root/="
 # -L native=$libs comes before the system directories, so these archives win for -lpcap and -lc.
-export RUSTFLAGS="-C target-feature=+crt-static -L native=$libs -C link-arg=-Wl,-z,pack-relative-relocs ${SIDECAP_STATIC_RUSTFLAGS:-}"
+# Frame pointers: a function's unwind entry then says "CFA = rbp + 16" once instead of tracking
+# every push, pop and stack adjustment, -91 KB of .eh_frame for +6 KB of .text (-84 KB in all; no
+# CPU change measured), and perf can walk the image's stacks without DWARF.
+export RUSTFLAGS="-C target-feature=+crt-static -L native=$libs -C link-arg=-Wl,-z,pack-relative-relocs$remap -C force-frame-pointers=yes ${SIDECAP_STATIC_RUSTFLAGS:-}"
 (cd "$root" && cargo build --profile image --locked --bin sidecap --target "$target" >&2)
 bin="$out/$target/image/sidecap"
 # A static-pie still has an interpreter-less ELF; refuse anything that would need a loader.
