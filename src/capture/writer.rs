@@ -83,11 +83,13 @@ struct OpenFile {
 /// block size: 4096 covers every common one.
 const ALIGN: usize = 4096;
 
-/// The writer's O_DIRECT staging area. Buffered writes copy every byte into the page cache, and
-/// on this kind of VM that copy costs 2-8x more when the page cache grows into memory the guest
-/// has not touched lately (docs/benchmarks.md): it was 75-85% of our CPU at 512-1400 B. With
-/// O_DIRECT the device reads our buffer, no page cache is allocated, and what the Pod's memory
-/// cgroup is charged for does not grow with the capture. The stage holds the file's bytes from
+/// The writer's O_DIRECT staging area (`--direct-io`). Buffered writes copy every byte into the
+/// page cache, and on this kind of VM that copy costs 2-8x more when the page cache grows into
+/// memory the guest has not touched lately (docs/benchmarks.md): it was 75-85% of our CPU at
+/// 512-1400 B. With O_DIRECT the device reads our buffer, no page cache is allocated, and what
+/// the Pod's memory cgroup is charged for does not grow with the capture. Not the default: each
+/// write waits for the disk (one in flight), so on a busy disk the queue filled and packets were
+/// lost where the page cache absorbed the same load. The stage holds the file's bytes from
 /// its length rounded down to [`ALIGN`] to its end, in aligned memory; a write appends the new
 /// records, writes the aligned part with O_DIRECT and the unaligned tail (under 4 KiB) through
 /// the page cache, so after every write the file ends at a record boundary exactly as before
