@@ -160,6 +160,14 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_FSYNC", value_enum, default_value_t = Fsync::None)]
     pub fsync: Fsync,
 
+    /// Write the aligned part of each write with O_DIRECT, the tail through the page cache: no
+    /// page cache charged to the Pod's memory limit and a CPU cost per byte that does not swing
+    /// with the memory state, but each write waits for the disk and only the queue absorbs what
+    /// the disk cannot take (on a busy disk it lost 0.3-2.3% at 1400 B where the page cache lost
+    /// nothing). Falls back to the page cache where the file system refuses O_DIRECT.
+    #[arg(long, env = "SIDECAP_DIRECT_IO")]
+    pub direct_io: bool,
+
     /// Memory for packets waiting to be written (absorbs disk stalls). Units accepted.
     #[arg(long, env = "SIDECAP_QUEUE_SIZE", default_value = "64MiB")]
     pub queue_size: String,

@@ -13,6 +13,9 @@ pub enum Tool {
     Sidecap,
     /// sidecap writing pcapng (`--format pcapng`): its CPU cost against classic pcap.
     SidecapPcapng,
+    /// Another sidecap binary (the `SIDECAP_ALT` environment variable, a path), started like
+    /// `sidecap`: an A/B of a code change in the same run.
+    SidecapAlt,
     Tcpdump,
     Dumpcap,
 }
@@ -22,6 +25,7 @@ impl Tool {
         match self {
             Tool::Sidecap => "sidecap",
             Tool::SidecapPcapng => "sidecap-pcapng",
+            Tool::SidecapAlt => "sidecap-alt",
             Tool::Tcpdump => "tcpdump",
             Tool::Dumpcap => "dumpcap",
         }
@@ -31,6 +35,7 @@ impl Tool {
         [
             Tool::Sidecap,
             Tool::SidecapPcapng,
+            Tool::SidecapAlt,
             Tool::Tcpdump,
             Tool::Dumpcap,
         ]
@@ -40,12 +45,13 @@ impl Tool {
 
     /// Either sidecap format: same binary, admin server, done marker.
     pub fn is_sidecap(self) -> bool {
-        matches!(self, Tool::Sidecap | Tool::SidecapPcapng)
+        matches!(self, Tool::Sidecap | Tool::SidecapPcapng | Tool::SidecapAlt)
     }
 
     pub fn installed(self, sidecap: &Path) -> bool {
         match self {
             Tool::Sidecap | Tool::SidecapPcapng => sidecap.exists(),
+            Tool::SidecapAlt => alt_sidecap().is_some_and(|p| p.exists()),
             t => Command::new("sh")
                 .args(["-c", &format!("command -v {}", t.name())])
                 .stdout(Stdio::null())
@@ -53,6 +59,11 @@ impl Tool {
                 .is_ok_and(|s| s.success()),
         }
     }
+}
+
+/// The binary of [`Tool::SidecapAlt`].
+fn alt_sidecap() -> Option<std::path::PathBuf> {
+    std::env::var_os("SIDECAP_ALT").map(Into::into)
 }
 
 /// What every tool gets alike.
@@ -99,8 +110,12 @@ pub fn start(
     }
     let d = dir.display();
     match tool {
-        Tool::Sidecap | Tool::SidecapPcapng => {
-            argv.push(sidecap.display().to_string());
+        Tool::Sidecap | Tool::SidecapPcapng | Tool::SidecapAlt => {
+            let bin = match tool {
+                Tool::SidecapAlt => alt_sidecap().ok_or("sidecap-alt: set SIDECAP_ALT")?,
+                _ => sidecap.to_path_buf(),
+            };
+            argv.push(bin.display().to_string());
             argv.extend(
                 [
                     "capture",
@@ -228,7 +243,7 @@ impl Running {
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let needle = match self.tool {
-            Tool::Sidecap | Tool::SidecapPcapng => "Capture is live.",
+            Tool::Sidecap | Tool::SidecapPcapng | Tool::SidecapAlt => "Capture is live.",
             Tool::Tcpdump => "listening on",
             Tool::Dumpcap => "Capturing on",
         };
@@ -324,7 +339,7 @@ pub fn json_u64(text: &str, key: &str) -> Option<u64> {
 /// Kernel drops as the tool reports them at exit.
 pub fn reported_drops(tool: Tool, log: &[String], dir: &Path) -> Option<u64> {
     match tool {
-        Tool::Sidecap | Tool::SidecapPcapng => {
+        Tool::Sidecap | Tool::SidecapPcapng | Tool::SidecapAlt => {
             let m = std::fs::read_to_string(dir.join("cap.done")).ok()?;
             let k = &m[m.find("\"kernel\"")?..];
             json_u64(k, "dropped")

@@ -40,6 +40,8 @@ pub struct CaptureConfig {
     pub duration: Option<Duration>,
     pub flush_interval: Duration,
     pub fsync: crate::cli::Fsync,
+    /// The writer uses O_DIRECT where the file system allows it (`--direct-io`).
+    pub direct_io: bool,
     /// Write buffers the queue may hold (queue size / buffer size).
     pub queue_buffers: usize,
     pub nano: bool,
@@ -130,6 +132,7 @@ impl CaptureConfig {
             duration: pace.duration,
             flush_interval: pace.flush_interval,
             fsync: a.fsync,
+            direct_io: a.direct_io,
             queue_buffers: pace.queue_buffers,
             nano: a.time_precision == TimePrecision::Nano,
             listen,

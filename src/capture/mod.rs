@@ -231,16 +231,22 @@ fn open_sink(
         return Ok(Sink::Stdout(s));
     };
     let ring = Ring::new(cfg.max_files, cfg.max_total_size).with_pins(pins.clone());
-    let writer = Writer::create(layout.clone(), framing, ring, cfg.fsync, metrics.clone())
-        .map_err(|e| match e {
-            writer::WriteError::Create { source, .. }
-                if source.kind() == io::ErrorKind::PermissionDenied =>
-            {
-                dir_error(&cfg.dir, source)
-            }
-            // WriteError's message has its cause in it already: a source would say it twice.
-            e => CaptureError::Io(e.to_string()),
-        })?;
+    let writer = Writer::create(
+        layout.clone(),
+        framing,
+        ring,
+        (cfg.fsync, cfg.direct_io),
+        metrics.clone(),
+    )
+    .map_err(|e| match e {
+        writer::WriteError::Create { source, .. }
+            if source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            dir_error(&cfg.dir, source)
+        }
+        // WriteError's message has its cause in it already: a source would say it twice.
+        e => CaptureError::Io(e.to_string()),
+    })?;
     Ok(Sink::Files(Box::new(writer)))
 }
 

@@ -75,6 +75,122 @@ struct OpenFile {
     /// Bytes known to be in the file, all complete records.
     len: u64,
     dirty: bool,
+    /// The aligned part of each write goes in with O_DIRECT ([`Stage`]).
+    direct: bool,
+}
+
+/// O_DIRECT needs the memory, the file offset and the length aligned to the device's logical
+/// block size: 4096 covers every common one.
+const ALIGN: usize = 4096;
+
+/// The writer's O_DIRECT staging area (`--direct-io`). Buffered writes copy every byte into the
+/// page cache, and on this kind of VM that copy costs 2-8x more when the page cache grows into
+/// memory the guest has not touched lately (docs/benchmarks.md): it was 75-85% of our CPU at
+/// 512-1400 B. With O_DIRECT the device reads our buffer, no page cache is allocated, and what
+/// the Pod's memory cgroup is charged for does not grow with the capture. Not the default: each
+/// write waits for the disk (one in flight), so on a busy disk the queue filled and packets were
+/// lost where the page cache absorbed the same load. The stage holds the file's bytes from
+/// its length rounded down to [`ALIGN`] to its end, in aligned memory; a write appends the new
+/// records, writes the aligned part with O_DIRECT and the unaligned tail (under 4 KiB) through
+/// the page cache, so after every write the file ends at a record boundary exactly as before
+/// (what was written survives a SIGKILL; the next direct write rewrites that last block).
+struct Stage {
+    storage: Vec<u8>,
+    /// Where the aligned region starts in `storage`.
+    start: usize,
+    /// Bytes of the file in the stage.
+    used: usize,
+}
+
+impl Stage {
+    fn new(capacity: usize) -> Stage {
+        let storage = vec![0u8; capacity + ALIGN];
+        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Stage {
+            storage,
+            start,
+            used: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.used]
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        if self.start + self.used + data.len() > self.storage.len() {
+            let mut bigger = Stage::new((self.used + data.len()).next_power_of_two());
+            bigger.append(self.bytes());
+            *self = bigger;
+        }
+        let at = self.start + self.used;
+        self.storage[at..at + data.len()].copy_from_slice(data);
+        self.used += data.len();
+    }
+
+    /// Forgets the first `n` bytes (written to their final place), keeping the rest at the
+    /// aligned start.
+    fn consume(&mut self, n: usize) {
+        let from = self.start + n;
+        self.storage
+            .copy_within(from..self.start + self.used, self.start);
+        self.used -= n;
+    }
+
+    /// The file was (re)started with `header`: the stage mirrors its bytes.
+    fn reset(&mut self, header: &[u8]) {
+        self.used = 0;
+        let keep = header.len() - header.len() / ALIGN * ALIGN;
+        self.append(&header[header.len() - keep..]);
+    }
+}
+
+/// Sets or clears O_DIRECT on the file (the tail and every other write stay buffered).
+fn set_direct(file: &File, on: bool) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    flags.set(OFlag::O_DIRECT, on);
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
+}
+
+/// Appends `data` at `len` (the end of the last complete record): the aligned part with O_DIRECT
+/// from the stage, the tail buffered. On an error the stage is as before and the caller cuts
+/// the file back to `len`. Err(None) = O_DIRECT refused (EINVAL): write this buffered instead.
+fn write_direct(
+    file: &File,
+    stage: &mut Stage,
+    len: u64,
+    data: &[u8],
+) -> Result<(), Option<io::Error>> {
+    let base = len / ALIGN as u64 * ALIGN as u64;
+    debug_assert_eq!(stage.used as u64, len - base);
+    stage.append(data);
+    let end = len + data.len() as u64;
+    let aligned = (end / ALIGN as u64 * ALIGN as u64 - base) as usize;
+    let result = (|| {
+        if aligned > 0 {
+            set_direct(file, true).map_err(|_| None)?;
+            let r = file.write_all_at(&stage.bytes()[..aligned], base);
+            let _ = set_direct(file, false);
+            match r {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Err(None),
+                r => r.map_err(Some)?,
+            }
+        }
+        let tail = &stage.bytes()[aligned..];
+        if !tail.is_empty() {
+            file.write_all_at(tail, base + aligned as u64)
+                .map_err(Some)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => stage.consume(aligned),
+        Err(_) => stage.used = (len - base) as usize,
+    }
+    result
 }
 
 pub struct Writer {
@@ -92,6 +208,8 @@ pub struct Writer {
     /// Flush ticks hand the current file to the `fsync` thread, so the
     /// writer keeps writing into the page cache while the disk catches up; None until `run`.
     sync_tx: Option<Sender<(Arc<File>, PathBuf)>>,
+    /// O_DIRECT staging ([`Stage`]); None once the file system refused O_DIRECT.
+    stage: Option<Stage>,
 }
 
 /// A disk-full episode ends only after writing has gone on this long without a drop. A nearly
@@ -119,7 +237,7 @@ impl Writer {
         layout: Layout,
         framing: Framing,
         ring: Ring,
-        fsync: Fsync,
+        (fsync, direct_io): (Fsync, bool),
         metrics: Arc<CaptureMetrics>,
     ) -> Result<Writer, WriteError> {
         let existing: Vec<CaptureFile> = layout.list().map_err(|source| WriteError::Create {
@@ -137,6 +255,7 @@ impl Writer {
             summary: WriterSummary::default(),
             full_episode: None,
             sync_tx: None,
+            stage: direct_io.then(|| Stage::new(super::config::BUF_SIZE + ALIGN)),
         };
         w.layout.remove_stale_temporaries();
         if !existing.is_empty() {
@@ -251,7 +370,23 @@ impl Writer {
         // Positioned write at the end of the last complete record, never at the file offset: a
         // short write on a full disk moves the offset past what the truncation below keeps, and
         // writing there later left a zero-filled hole (bogus zero-length records stamped 1970).
-        match cur.file.write_all_at(buf, cur.len) {
+        let written = match self.stage.as_mut().filter(|_| cur.direct) {
+            Some(stage) => match write_direct(&cur.file, stage, cur.len, buf) {
+                Ok(()) => Ok(()),
+                Err(Some(e)) => Err(e),
+                Err(None) => {
+                    // The file system does not do O_DIRECT (or not with this alignment).
+                    tracing::debug!(file = %cur.path.display(), "O_DIRECT refused; writing through the page cache.");
+                    self.stage = None;
+                    cur.direct = false;
+                    cur.file
+                        .set_len(cur.len)
+                        .and_then(|_| cur.file.write_all_at(buf, cur.len))
+                }
+            },
+            None => cur.file.write_all_at(buf, cur.len),
+        };
+        match written {
             Ok(()) => {
                 cur.len += n;
                 cur.dirty = true;
@@ -405,11 +540,15 @@ impl Writer {
         })?;
         self.next_seq += 1;
         tracing::debug!(file = %name, "Started a new file.");
+        if let Some(stage) = self.stage.as_mut() {
+            stage.reset(&header);
+        }
         self.current = Some(OpenFile {
             file: Arc::new(file),
             path,
             len: header.len() as u64,
             dirty: true,
+            direct: self.stage.is_some(),
         });
         Ok(())
     }
