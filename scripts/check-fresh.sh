@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # Every program a suite or build step runs: tests/it, bench (bench/ci.sh), fuzz/run.sh,
 # k8s/check.sh, tests/e2e (host side), build/static/build.sh, scripts/*.sh.
 commands=(
-  cc c++ ar strip file                        # build/static/build.sh, build scripts, libFuzzer
+  cc c++ ar strip file make                   # build/static/build.sh, build scripts, libFuzzer; garage's libsodium
   tcpdump tshark capinfos dumpcap editcap     # tests, bench, demo, e2e
   ip pgrep setcap getcap unshare nsenter setpriv fsfreeze prlimit flock script mount umount losetup mkfs.ext4
   sh cp cmp timeout tar

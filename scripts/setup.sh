@@ -27,6 +27,7 @@ packages=(
   openssl:openssl                      # tests/it: test certificates
   python3:python3 -:python3-venv       # fuzz/run.sh seeds; k8s/check.sh's tool venv
   cmp:diffutils timeout:coreutils
+  make:make                            # garage's bundled libsodium (./configure && make), below
 )
 ensure_packages setup "${packages[@]}"
 [ "${1:-}" = --packages-only ] && exit 0
@@ -36,7 +37,7 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   exit 1
 fi
 if ! command -v cargo >/dev/null; then
-  # No rustup toolchain: Debian 12 ships a current Rust as cargo-web/rustc-web (1.85+).
+  # No rustup toolchain: Debian 12 ships a current Rust as cargo-web/rustc-web (1.96 as of 2026-12; sidecap needs 1.89, rusty-s3's minimum).
   echo "setup: no cargo on PATH; installing Debian's cargo-web (or install Rust with rustup)" >&2
   ensure_packages setup cargo:cargo-web rustc:rustc-web
 fi
