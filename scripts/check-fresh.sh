@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 commands=(
   cc c++ ar strip file make                   # build/static/build.sh, build scripts, libFuzzer; garage's libsodium
   tcpdump tshark capinfos dumpcap editcap     # tests, bench, demo, e2e
-  ip pgrep setcap getcap unshare nsenter setpriv fsfreeze prlimit flock script mount umount losetup mkfs.ext4
+  ip pgrep setcap getcap unshare nsenter setpriv fsfreeze prlimit flock fincore script mount umount losetup mkfs.ext4
   sh cp cmp timeout tar
   nginx openssl curl jq python3               # tests/it servers and certificates; e2e; fuzz; k8s
   podman catatonit runc conmon buildah debootstrap  # image build and tests/e2e

@@ -18,7 +18,7 @@ packages=(
   ip:iproute2                          # veths and netns (tests/it, bench)
   pgrep:procps                         # tests/it
   setcap:libcap2-bin getcap:libcap2-bin  # tests/it security, tests/e2e
-  unshare:util-linux nsenter:util-linux setpriv:util-linux fsfreeze:util-linux prlimit:util-linux flock:util-linux  # tests, k8s/check.sh
+  unshare:util-linux nsenter:util-linux setpriv:util-linux fsfreeze:util-linux prlimit:util-linux flock:util-linux fincore:util-linux-extra  # tests, k8s/check.sh
   script:bsdutils                      # tests/it/laptop.rs: a real terminal for the status line
   mount:mount umount:mount losetup:mount  # tests/it (tmpfs), bench (loop ext4)
   mkfs.ext4:e2fsprogs                  # bench: a small ext4 image

@@ -283,39 +283,48 @@ impl Running {
         let t0 = Instant::now();
         // SAFETY: signalling and reaping our own child by pid.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let mut status: libc::c_int = 0;
-        // SAFETY: rusage is plain old data.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let mut killed = false;
-        loop {
-            // SAFETY: as above; WNOHANG polls.
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-            if r == pid || r < 0 {
-                break;
-            }
-            if t0.elapsed() > timeout && !killed {
-                killed = true;
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        let (exit_code, cpu, max_rss_kib) = reap(pid, timeout, Duration::from_micros(500));
         let stop_latency = t0.elapsed();
         while self.pump(Duration::from_millis(100)) {}
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        let exit_code = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        };
         Finished {
             exit_code,
-            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            max_rss_kib: ru.ru_maxrss as u64,
+            cpu,
+            max_rss_kib,
             stop_latency,
             log: self.log,
         }
     }
+}
+
+/// Waits for our child `pid`, polling every `poll`, and SIGKILLs it once `limit` has passed
+/// (counted from the call): its exit code (128 + signal if killed by one), CPU time and peak RSS
+/// in KiB, from `wait4`.
+pub fn reap(pid: i32, limit: Duration, poll: Duration) -> (i32, Duration, u64) {
+    let t0 = Instant::now();
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut killed = false;
+    loop {
+        // SAFETY: reaping our own child by pid; WNOHANG polls.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid || r < 0 {
+            break;
+        }
+        if t0.elapsed() > limit && !killed {
+            killed = true;
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(poll);
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    (code, tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
 /// The value of `"key":"..."` in a JSON line (our own log lines and markers only).

@@ -252,31 +252,8 @@ fn proc_cpu_secs(pid: i32) -> Option<f64> {
 
 /// Waits for our child `pid` (SIGKILL after `limit`): exit code, CPU seconds, peak RSS KiB.
 fn reap(pid: i32, limit: Duration) -> (i32, f64, u64) {
-    let t0 = Instant::now();
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut killed = false;
-    loop {
-        // SAFETY: reaping our own child by pid; WNOHANG polls.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid || r < 0 {
-            break;
-        }
-        if t0.elapsed() > limit && !killed {
-            killed = true;
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    (code, tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
+    let (code, cpu, rss) = crate::tools::reap(pid, limit, Duration::from_millis(2));
+    (code, cpu.as_secs_f64(), rss)
 }
 
 /// A classic pcap file of at least `target` bytes: Ethernet records of 1514 bytes whose
