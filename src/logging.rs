@@ -27,7 +27,7 @@ pub fn use_colour() -> bool {
 }
 
 fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.map_or(true, |v| v.is_empty())
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The log filter: `--log-level` (or `SIDECAP_LOG_LEVEL`), else `RUST_LOG`, else `info`.

@@ -474,7 +474,7 @@ mod tests {
             assert_eq!(s.packets, complete, "cut at {cut}");
             assert_eq!(s.valid_len, 24 + complete * 26);
             assert_eq!(s.total_len, cut as u64);
-            assert_eq!(s.is_clean(), (cut - FILE_HEADER_LEN) % 26 == 0);
+            assert_eq!(s.is_clean(), (cut - FILE_HEADER_LEN).is_multiple_of(26));
         }
     }
 
@@ -570,7 +570,7 @@ mod tests {
         // thousands of zero-length records stamped 1970.
         let (v, spans) = records(40, |i| 60 + i * 13);
         let mut holed = v[..spans[20].0].to_vec();
-        holed.extend(std::iter::repeat(0).take(100_003));
+        holed.extend(std::iter::repeat_n(0, 100_003));
         holed.extend_from_slice(&v[spans[20].0..]);
         let s = scan(&holed).unwrap();
         assert_eq!(s.packets, 20);

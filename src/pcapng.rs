@@ -307,7 +307,7 @@ impl Walk {
             ty = SHB_TYPE;
         }
         let total = self.rd(&hdr[4..8]);
-        if !(12..=MAX_BLOCK_LEN).contains(&total) || total % 4 != 0 {
+        if !(12..=MAX_BLOCK_LEN).contains(&total) || !total.is_multiple_of(4) {
             return Ok(Err(format!("implausible block length {total}")));
         }
         if ty != SHB_TYPE && !self.section {
@@ -480,7 +480,7 @@ pub fn complete_block_after(f: &std::fs::File, from: u64, swapped: bool) -> io::
         let l = rd(o + 4) as usize;
         if KNOWN.contains(&rd(o))
             && l >= 12
-            && l % 4 == 0
+            && l.is_multiple_of(4)
             && o + l <= buf.len()
             && rd(o + l - 4) as usize == l
         {

@@ -108,7 +108,7 @@ impl Pin {
     pub fn covers(&self, seq: u64, now_ms: u64) -> bool {
         now_ms < self.expires_unix_ms
             && seq >= self.from_seq
-            && self.to_seq.map_or(true, |t| seq <= t)
+            && self.to_seq.is_none_or(|t| seq <= t)
     }
 }
 

@@ -670,7 +670,7 @@ fn finish<F: Records>(
     (reason, error): (String, Option<String>),
     mut total: u64,
 ) -> LoopEnd {
-    if error.is_none() && !cfg.count.is_some_and(|c| total >= c) {
+    if error.is_none() && cfg.count.is_none_or(|c| total < c) {
         total += drain(&mut src, cfg, &mut b, &mut stats, metrics, total);
     }
     stats.refresh(&mut src.cap, metrics);

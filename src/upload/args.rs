@@ -151,6 +151,34 @@ pub enum Addressing {
 }
 
 /// `--url` and `--header` values are secrets: Debug shows the redacted URL and header names.
+#[cfg(test)]
+impl UploadOpts {
+    /// The options as clap gives them with only `--url` set and no own ports: for unit tests,
+    /// which change what they test with struct update syntax.
+    pub(crate) fn for_test(url: &str) -> Self {
+        UploadOpts {
+            dir: ".".into(),
+            prefix: "capture".into(),
+            url: Some(url.into()),
+            method: None,
+            form: None,
+            gzip: false,
+            headers: vec![],
+            bearer_token_file: None,
+            ca_file: None,
+            order: Order::NewestFirst,
+            grace_period: "30s".into(),
+            safety_margin: "2s".into(),
+            own_ports: crate::ownports::NONE.into(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_addressing: Addressing::Auto,
+            s3_credentials_dir: None,
+            s3_part_size: "16MiB".into(),
+        }
+    }
+}
+
 impl std::fmt::Debug for UploadOpts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let headers: Vec<String> = self

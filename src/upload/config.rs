@@ -451,24 +451,9 @@ mod tests {
     #[test]
     fn debug_output_holds_no_secret() {
         let opts = UploadOpts {
-            dir: ".".into(),
-            prefix: "capture".into(),
-            url: Some("https://h.example/hook/PATHSECRET1?sig=QUERYSECRET2".into()),
-            method: None,
-            form: None,
-            gzip: false,
             headers: vec!["X-Api-Key: HEADERSECRET3".into()],
-            bearer_token_file: None,
-            ca_file: None,
-            order: Order::NewestFirst,
-            grace_period: "30s".into(),
-            safety_margin: "2s".into(),
             own_ports: crate::ownports::DEFAULT_TEXT.into(),
-            s3_endpoint: None,
-            s3_region: None,
-            s3_addressing: crate::upload::args::Addressing::Auto,
-            s3_credentials_dir: None,
-            s3_part_size: "16MiB".into(),
+            ..UploadOpts::for_test("https://h.example/hook/PATHSECRET1?sig=QUERYSECRET2")
         };
         let cfg = from_opts(&opts, true).unwrap();
         for text in [format!("{cfg:?}"), format!("{opts:?}"), format!("{cfg:#?}")] {
@@ -484,19 +469,8 @@ mod tests {
 
     fn opts_with_url(url: &str) -> UploadOpts {
         UploadOpts {
-            dir: ".".into(),
-            prefix: "capture".into(),
-            url: Some(url.into()),
-            method: Method::Post,
-            form: None,
-            gzip: false,
-            headers: vec![],
-            bearer_token_file: None,
-            ca_file: None,
-            order: Order::NewestFirst,
-            grace_period: "30s".into(),
-            safety_margin: "2s".into(),
             own_ports: crate::ownports::DEFAULT_TEXT.into(),
+            ..UploadOpts::for_test(url)
         }
     }
 

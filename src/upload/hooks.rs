@@ -769,23 +769,8 @@ mod tests {
     fn engine_for(dir: &std::path::Path) -> Engine {
         let opts = UploadOpts {
             dir: dir.into(),
-            prefix: "capture".into(),
-            url: Some("http://127.0.0.1:9/in".into()),
-            method: None,
-            form: None,
-            gzip: false,
-            headers: vec![],
-            bearer_token_file: None,
-            ca_file: None,
-            order: Order::NewestFirst,
             grace_period: "10s".into(),
-            safety_margin: "2s".into(),
-            own_ports: crate::ownports::NONE.into(),
-            s3_endpoint: None,
-            s3_region: None,
-            s3_addressing: crate::upload::args::Addressing::Auto,
-            s3_credentials_dir: None,
-            s3_part_size: "16MiB".into(),
+            ..UploadOpts::for_test("http://127.0.0.1:9/in")
         };
         let cfg = std::sync::Arc::new(crate::upload::config::from_opts(&opts, true).unwrap());
         Engine::new(cfg, Default::default()).unwrap()

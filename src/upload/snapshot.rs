@@ -240,7 +240,7 @@ async fn select(
     let mut todo: Vec<Candidate> = listing
         .ready
         .into_iter()
-        .filter(|c| c.seq >= from && to.map_or(true, |t| c.seq <= t))
+        .filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t))
         .collect();
     todo.sort_by_key(|c| c.seq);
     pin.to_seq = Some(to.or(todo.last().map(|c| c.seq)).unwrap_or(from));
@@ -478,7 +478,7 @@ async fn await_ack(
             });
         }
         looks += 1;
-        if looks % 10 == 0 {
+        if looks.is_multiple_of(10) {
             let l = layout.clone();
             let st = blocking(move || state::capture_state(&l)).await;
             if let Some(st) = st.filter(|s| s.is_final()) {

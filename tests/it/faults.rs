@@ -60,7 +60,7 @@ fn kill_storm_never_loses_or_corrupts_what_was_written() {
                 b.resize(300, 7);
                 let _ = s.send_to(&b, ("127.0.0.1", port));
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -441,7 +441,7 @@ fn repair_keeps_every_record_around_damage_and_says_where_it_was() {
     let f1 = dir.path().join("badlen.pcap");
     std::fs::write(&f1, &bad_len).unwrap();
     let mut holed = v[..offsets[3000]].to_vec();
-    holed.extend(std::iter::repeat(0u8).take(1 << 20));
+    holed.extend(std::iter::repeat_n(0u8, 1 << 20));
     holed.extend_from_slice(&v[offsets[3000]..]);
     let f2 = dir.path().join("hole.pcap.part");
     std::fs::write(&f2, &holed).unwrap();

@@ -556,26 +556,7 @@ mod tests {
     }
 
     fn opts(url: &str) -> UploadOpts {
-        UploadOpts {
-            dir: ".".into(),
-            prefix: "capture".into(),
-            url: Some(url.into()),
-            method: None,
-            form: None,
-            gzip: false,
-            headers: vec![],
-            bearer_token_file: None,
-            ca_file: None,
-            order: crate::upload::args::Order::NewestFirst,
-            grace_period: "30s".into(),
-            safety_margin: "2s".into(),
-            own_ports: crate::ownports::NONE.into(),
-            s3_endpoint: None,
-            s3_region: None,
-            s3_addressing: Addressing::Auto,
-            s3_credentials_dir: None,
-            s3_part_size: "16MiB".into(),
-        }
+        UploadOpts::for_test(url)
     }
 
     #[test]
