@@ -255,6 +255,7 @@ struct Proxy {
     ports: Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
+#[derive(Default)]
 struct ProxyCfg {
     target: u16,
     reset_after: Option<u64>,
@@ -368,8 +369,7 @@ fn s3_reset_mid_part_resends_only_that_part() {
     let p = Proxy::start(ProxyCfg {
         target: g.port(),
         reset_after: Some(7 << 20),
-        rate: None,
-        corrupt_at: None,
+        ..ProxyCfg::default()
     });
     let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "60s");
     cmd.args(["--s3-part-size", "5MiB"]);
@@ -407,9 +407,8 @@ fn s3_deadline_aborts_the_multipart_upload_and_leaves_no_parts() {
     // 2 MiB/s: 17 MiB cannot go up in the 6 s budget.
     let p = Proxy::start(ProxyCfg {
         target: g.port(),
-        reset_after: None,
         rate: Some(2 << 20),
-        corrupt_at: None,
+        ..ProxyCfg::default()
     });
     let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "8s", "2s");
     g.configure(&mut cmd, &p.endpoint());
@@ -518,9 +517,8 @@ fn s3_a_body_corrupted_on_the_way_is_refused_by_the_store_and_sent_again() {
     // One byte flipped 100 KB into the request (the head is well under 2 KB): in the body.
     let p = Proxy::start(ProxyCfg {
         target: g.port(),
-        reset_after: None,
-        rate: None,
         corrupt_at: Some(100_000),
+        ..ProxyCfg::default()
     });
     let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
     let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
@@ -541,9 +539,7 @@ fn s3_requests_leave_from_the_uploaders_own_ports() {
     big_pcap(&dir.path().join(name), 11);
     let p = Proxy::start(ProxyCfg {
         target: g.port(),
-        reset_after: None,
-        rate: None,
-        corrupt_at: None,
+        ..ProxyCfg::default()
     });
     // The default --own-ports, single and multipart requests alike.
     let mut cmd = upload_cmd(dir.path(), "s3://caps/{file}", "30s", "1s");
