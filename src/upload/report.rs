@@ -64,6 +64,10 @@ pub struct FileResult {
     /// The object key, when uploading to S3 (`--url s3://…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_key: Option<String>,
+    /// How the upload was known to have succeeded when its answer was lost (S3: a HeadObject
+    /// after CompleteMultipartUpload's answer was lost and its retry found the upload gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
     pub duration_ms: u64,
     /// Not attempted because another uploader held the file: worth another look later.
     #[serde(skip)]
@@ -88,6 +92,7 @@ impl FileResult {
             error: None,
             repaired: None,
             s3_key: None,
+            confirmed_by: None,
             duration_ms: 0,
             busy: false,
         }
@@ -235,6 +240,7 @@ mod tests {
             error: None,
             repaired: None,
             s3_key: None,
+            confirmed_by: None,
             duration_ms: 0,
             busy: false,
         }

@@ -33,6 +33,8 @@ pub(super) enum Attempt {
         body: String,
         /// The `ETag` response header (S3 UploadPart).
         etag: Option<String>,
+        /// The `x-amz-checksum-sha256` response header (S3 HeadObject with checksum mode).
+        checksum: Option<String>,
     },
     Transport(TransportError, String),
     /// Not sent: something on our side that another attempt will not change (an S3 key over
@@ -324,6 +326,9 @@ async fn exchange(
     };
     let retry_after = header(header::RETRY_AFTER);
     let etag = header(header::ETAG);
+    let checksum = header(header::HeaderName::from_static(
+        crate::upload::s3::CHECKSUM_HEADER,
+    ));
     let limit = if ok { OK_BODY_LIMIT } else { ERROR_BODY_LIMIT };
     let mut body = Vec::new();
     loop {
@@ -352,6 +357,7 @@ async fn exchange(
         retry_after,
         body,
         etag,
+        checksum,
     }
 }
 

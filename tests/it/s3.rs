@@ -246,7 +246,8 @@ pub(crate) fn big_pcap(path: &Path, mib: u32) {
 
 /// A TCP proxy on 127.0.0.1 in front of the store: counts the bytes the uploader sends through
 /// it, can reset one connection once `reset_after` bytes went through (it closes the socket
-/// with data unread, so the kernel sends RST), and can hold the upload to `rate` bytes/s.
+/// with data unread, so the kernel sends RST), can hold the upload to `rate` bytes/s, flip a
+/// byte, or swallow the answer to a CompleteMultipartUpload (see [`ProxyCfg`]).
 struct Proxy {
     addr: String,
     sent: Arc<AtomicU64>,
@@ -262,6 +263,10 @@ struct ProxyCfg {
     rate: Option<u64>,
     /// Flip the byte at this offset of everything sent (once).
     corrupt_at: Option<u64>,
+    /// Forward the first CompleteMultipartUpload (`POST …?uploadId=…`) to the store, wait for
+    /// its answer, then close the connection without relaying it (once): the answer is lost
+    /// after the store completed the upload.
+    lose_complete_answer: bool,
 }
 
 impl Proxy {
@@ -315,11 +320,11 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", cfg.target)) else {
         return;
     };
-    let (mut s2, mut c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut s2, &mut c2);
-        let _ = c2.shutdown(Shutdown::Write);
-    });
+    let (s2, c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    // Set before a CompleteMultipartUpload is forwarded: its answer is not relayed.
+    let swallow = Arc::new(AtomicBool::new(false));
+    let sw = swallow.clone();
+    std::thread::spawn(move || answers(s2, c2, &sw));
     let mut buf = vec![0u8; 64 * 1024];
     let t0 = Instant::now();
     let mut mine = 0u64;
@@ -332,6 +337,12 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
             Ok(n) => n,
         };
         let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        if cfg.lose_complete_answer
+            && is_complete_request(&buf[..n])
+            && !did_reset.swap(true, Ordering::SeqCst)
+        {
+            swallow.store(true, Ordering::SeqCst);
+        }
         if cfg.reset_after.is_some_and(|a| total >= a) && !did_reset.swap(true, Ordering::SeqCst) {
             let _ = server.shutdown(Shutdown::Both);
             // More of the body arrives unread: closing now sends RST.
@@ -355,6 +366,41 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
             }
         }
     }
+}
+
+/// Relays the store's answers to the client; once `swallow` is set, the next answer is read
+/// from the store (so the store has done the work) and the client's connection is closed
+/// instead.
+fn answers(mut server: TcpStream, mut client: TcpStream, swallow: &AtomicBool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if swallow.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            return;
+        }
+        if client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Write);
+}
+
+/// Whether `chunk` holds the head of a CompleteMultipartUpload: a request line `POST …` with
+/// `uploadId=` in it (CreateMultipartUpload is `POST …?uploads`, the parts are PUTs).
+fn is_complete_request(chunk: &[u8]) -> bool {
+    chunk.windows(5).enumerate().any(|(i, w)| {
+        w == b"POST "
+            && (i == 0 || chunk[i - 1] == b'\n')
+            && chunk[i..]
+                .split(|&b| b == b'\n')
+                .next()
+                .is_some_and(|line| line.windows(9).any(|x| x == b"uploadId="))
+    })
 }
 
 #[test]
@@ -395,6 +441,58 @@ fn s3_reset_mid_part_resends_only_that_part() {
     let rep = report(dir.path());
     assert_eq!(rep["files"][0]["attempts"], 7, "{rep:#}");
     assert!(g.multipart_uploads().is_empty());
+}
+
+#[test]
+fn s3_lost_complete_answer_is_confirmed_by_head_object_not_rejected() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 11);
+    // The store completes the upload; its answer never reaches the uploader, whose retry of
+    // the Complete then finds the upload gone (NoSuchUpload).
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        lose_complete_answer: true,
+        ..ProxyCfg::default()
+    });
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
+    assert!(
+        log.contains("retrying"),
+        "the Complete's answer was not lost? {log}"
+    );
+    assert_eq!(code, 0, "{log}");
+    let rep = report(dir.path());
+    let f = &rep["files"][0];
+    assert_eq!(f["status"], "uploaded", "{f:#}");
+    assert!(
+        f["confirmed_by"]
+            .as_str()
+            .is_some_and(|c| c.contains("HeadObject")),
+        "{f:#}"
+    );
+    // Create, 3 parts, the Complete twice, the HeadObject.
+    assert_eq!(f["attempts"], 7, "{f:#}");
+    assert!(log.contains("confirmed by HeadObject"), "{log}");
+    assert_stored(&g, dir.path(), name, name);
+    assert!(g.etag(name).ends_with("-3"), "{}", g.etag(name));
+    assert!(
+        g.multipart_uploads().is_empty(),
+        "{:?}",
+        g.multipart_uploads()
+    );
+    // In the ledger: a re-run sends nothing.
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &g.endpoint, "20s");
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let (code, _, log) = run(&mut cmd, Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+    let rep = report(dir.path());
+    assert_eq!(file_status(&rep, name), "already_uploaded", "{rep:#}");
+    assert_eq!(rep["totals"]["uploaded"], 0);
+    assert_eq!(g.list().len(), 1, "{:?}", g.list());
 }
 
 #[test]
