@@ -202,6 +202,29 @@ impl Garage {
         }
     }
 
+    /// Deletes the object (DeleteObject, presigned, sent by curl).
+    pub fn delete(&self, key: &str) {
+        let b = self.bucket(BUCKET);
+        let url = b
+            .delete_object(Some(&self.creds()), key)
+            .sign(Duration::from_secs(600));
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "DELETE",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(url.as_str())
+            .output()
+            .expect("curl");
+        let code = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(code.trim(), "204", "DELETE {key}");
+    }
+
     /// A presigned GET of the bucket with `query` (sorted), its XML answer.
     fn bucket_get(&self, query: &[(&str, &str)]) -> String {
         let b = self.bucket(BUCKET);

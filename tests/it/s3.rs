@@ -267,6 +267,8 @@ struct ProxyCfg {
     /// its answer, then close the connection without relaying it (once): the answer is lost
     /// after the store completed the upload.
     lose_complete_answer: bool,
+    /// Set once that answer was swallowed (the test can act before the retry).
+    answer_lost: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -323,8 +325,8 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
     let (s2, c2) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     // Set before a CompleteMultipartUpload is forwarded: its answer is not relayed.
     let swallow = Arc::new(AtomicBool::new(false));
-    let sw = swallow.clone();
-    std::thread::spawn(move || answers(s2, c2, &sw));
+    let (sw, lost) = (swallow.clone(), cfg.answer_lost.clone());
+    std::thread::spawn(move || answers(s2, c2, &sw, &lost));
     let mut buf = vec![0u8; 64 * 1024];
     let t0 = Instant::now();
     let mut mine = 0u64;
@@ -370,8 +372,8 @@ fn relay(mut client: TcpStream, cfg: &ProxyCfg, sent: &AtomicU64, did_reset: &At
 
 /// Relays the store's answers to the client; once `swallow` is set, the next answer is read
 /// from the store (so the store has done the work) and the client's connection is closed
-/// instead.
-fn answers(mut server: TcpStream, mut client: TcpStream, swallow: &AtomicBool) {
+/// instead, and `lost` is set.
+fn answers(mut server: TcpStream, mut client: TcpStream, swallow: &AtomicBool, lost: &AtomicBool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match server.read(&mut buf) {
@@ -381,6 +383,7 @@ fn answers(mut server: TcpStream, mut client: TcpStream, swallow: &AtomicBool) {
         if swallow.load(Ordering::SeqCst) {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
+            lost.store(true, Ordering::SeqCst);
             return;
         }
         if client.write_all(&buf[..n]).is_err() {
@@ -493,6 +496,47 @@ fn s3_lost_complete_answer_is_confirmed_by_head_object_not_rejected() {
     assert_eq!(file_status(&rep, name), "already_uploaded", "{rep:#}");
     assert_eq!(rep["totals"]["uploaded"], 0);
     assert_eq!(g.list().len(), 1, "{:?}", g.list());
+}
+
+#[test]
+fn s3_lost_complete_answer_then_object_deleted_stays_rejected() {
+    require_root();
+    let g = Garage::start();
+    let dir = tempdir();
+    let name = "capture-20261122T154101Z-000001.pcap";
+    big_pcap(&dir.path().join(name), 11);
+    let lost = Arc::new(AtomicBool::new(false));
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        lose_complete_answer: true,
+        answer_lost: lost.clone(),
+        ..ProxyCfg::default()
+    });
+    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
+    cmd.args(["--s3-part-size", "5MiB"]);
+    let mut up = Proc::spawn(&mut cmd);
+    // Between the lost answer and the retry (a backoff of 1.6 s or more after 5 attempts),
+    // the completed object is deleted: the retry's NoSuchUpload is then no success.
+    let t0 = Instant::now();
+    while !lost.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(lost.load(Ordering::SeqCst), "{}", up.log_text());
+    g.delete(name);
+    let st = up.wait_timeout(Duration::from_secs(40));
+    let log = up.log_text();
+    assert_eq!(st.code(), Some(6), "{log}");
+    let rep = report(dir.path());
+    let f = &rep["files"][0];
+    assert_eq!(f["status"], "rejected", "{f:#}");
+    assert!(f.get("confirmed_by").is_none(), "{f:#}");
+    let err = f["error"].as_str().unwrap();
+    assert!(
+        err.contains("NoSuchUpload") && err.contains("the object at the key is absent"),
+        "{err}"
+    );
+    assert!(g.list().is_empty(), "{:?}", g.list());
+    assert!(g.multipart_uploads().is_empty());
 }
 
 #[test]
