@@ -181,9 +181,8 @@ pub struct CaptureArgs {
     /// up behind a slow disk; `always` uses O_DIRECT whatever the queue (packets are lost when
     /// the queue fills); `never` always the page cache. O_DIRECT skips a copy of every byte
     /// and charges no page cache to the Pod's memory limit. Where the file system refuses
-    /// O_DIRECT, the page cache is used. `--direct-io` alone means `always`.
-    #[arg(long, env = "SIDECAP_DIRECT_IO", value_enum, default_value_t = DirectIo::Auto,
-          num_args = 0..=1, default_missing_value = "always")]
+    /// O_DIRECT, the page cache is used.
+    #[arg(long, env = "SIDECAP_DIRECT_IO", value_enum, default_value_t = DirectIo::Auto)]
     pub direct_io: DirectIo,
 
     /// Memory for packets waiting to be written (absorbs disk stalls). Units accepted.

@@ -1,6 +1,7 @@
 //! The writer thread: takes filled buffers of complete pcap records from the capture thread over
-//! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
-//! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
+//! a bounded channel and writes each buffer (its aligned middle with O_DIRECT straight from the
+//! buffer, see [`write_direct`] and `--direct-io`), so disk stalls never block packet reads for
+//! longer than the queue absorbs. It owns the files: creation with O_EXCL,
 //! `.part` -> `.pcap` on completion, fsync as `--fsync` says (the flush-tick fdatasync of
 //! `interval` on a small `fsync` thread, so waiting for the disk does not hold up writes), the
 //! ring bound, and disk-full handling.
