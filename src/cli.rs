@@ -68,6 +68,21 @@ pub enum Fsync {
     Interval,
 }
 
+/// How the writer puts records in the file (`--direct-io`); measured in docs/benchmarks.md.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DirectIo {
+    /// O_DIRECT while the writer keeps up; a buffer with others queued behind it goes through
+    /// the page cache, which does not wait for the disk.
+    #[default]
+    Auto,
+    /// O_DIRECT for every buffer.
+    #[value(alias = "true")]
+    Always,
+    /// The page cache for every buffer.
+    #[value(alias = "false")]
+    Never,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimePrecision {
     Micro,
@@ -160,13 +175,15 @@ pub struct CaptureArgs {
     #[arg(long, env = "SIDECAP_FSYNC", value_enum, default_value_t = Fsync::None)]
     pub fsync: Fsync,
 
-    /// Write the aligned part of each write with O_DIRECT, the tail through the page cache: no
-    /// page cache charged to the Pod's memory limit and a CPU cost per byte that does not swing
-    /// with the memory state, but each write waits for the disk and only the queue absorbs what
-    /// the disk cannot take (on a busy disk it lost 0.3-2.3% at 1400 B where the page cache lost
-    /// nothing). Falls back to the page cache where the file system refuses O_DIRECT.
-    #[arg(long, env = "SIDECAP_DIRECT_IO")]
-    pub direct_io: bool,
+    /// How records reach the disk: `auto` writes them with O_DIRECT straight from the capture's
+    /// buffers (the unaligned tail under 4 KiB through the page cache, so files end on a record
+    /// after every write) while the disk keeps up, and through the page cache when buffers queue
+    /// up behind a slow disk; `always` uses O_DIRECT whatever the queue (packets are lost when
+    /// the queue fills); `never` always the page cache. O_DIRECT skips a copy of every byte
+    /// and charges no page cache to the Pod's memory limit. Where the file system refuses
+    /// O_DIRECT, the page cache is used.
+    #[arg(long, env = "SIDECAP_DIRECT_IO", value_enum, default_value_t = DirectIo::Auto)]
+    pub direct_io: DirectIo,
 
     /// Memory for packets waiting to be written (absorbs disk stalls). Units accepted.
     #[arg(long, env = "SIDECAP_QUEUE_SIZE", default_value = "64MiB")]

@@ -78,12 +78,12 @@ impl CaptureMetrics {
     fn kernel_stats(&self, p: &mut Exposition) {
         p.counter(
             "sidecap_kernel_received_total",
-            "libpcap ps_recv. On lo and any the kernel counts each packet twice.",
+            "libpcap ps_recv. On any the kernel counts each loopback packet twice.",
             &self.kernel_received,
         )
         .counter(
             "sidecap_kernel_dropped_total",
-            "libpcap ps_drop: packets dropped because the kernel ring was full. On lo and any about twice the real loss.",
+            "libpcap ps_drop: packets dropped because the kernel ring was full. On any a loopback packet lost counts twice.",
             &self.kernel_dropped,
         )
         .counter(

@@ -40,8 +40,8 @@ pub struct CaptureConfig {
     pub duration: Option<Duration>,
     pub flush_interval: Duration,
     pub fsync: crate::cli::Fsync,
-    /// The writer uses O_DIRECT where the file system allows it (`--direct-io`).
-    pub direct_io: bool,
+    /// When the writer uses O_DIRECT (`--direct-io`).
+    pub direct_io: crate::cli::DirectIo,
     /// Write buffers the queue may hold (queue size / buffer size).
     pub queue_buffers: usize,
     pub nano: bool,

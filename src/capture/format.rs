@@ -266,7 +266,7 @@ pub struct PcapngFraming {
     salvaged_secrets: usize,
 }
 
-const ISB_COMMENT: &str = "counts are for this file only, from isb_starttime to isb_endtime; ifrecv/osdrop are libpcap ps_recv/ps_drop (on lo and any the kernel counts each packet twice), osdrop adds packets sidecap could not write (disk full, size bound)";
+const ISB_COMMENT: &str = "counts are for this file only, from isb_starttime to isb_endtime; ifrecv/osdrop are libpcap ps_recv/ps_drop (on any the kernel counts each loopback packet twice), osdrop adds packets sidecap could not write (disk full, size bound)";
 
 impl Framing {
     pub fn new(cfg: &CaptureConfig, linktype: u32) -> Framing {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod format;
 pub mod interfaces;
 pub mod keylog;
+pub mod loopback;
 pub mod output;
 pub mod report;
 pub mod rotate;
@@ -506,7 +507,7 @@ fn snapshot_watcher(
         return None;
     };
     let kernel_note = match cfg.interface.as_str() {
-        "lo" | "any" => "libpcap ps_recv/ps_drop; on lo and any the kernel counts each packet twice, so dropped is about twice the real loss",
+        "any" => "libpcap ps_recv/ps_drop; on any the kernel counts each loopback packet twice",
         _ => "libpcap ps_recv/ps_drop/ps_ifdrop",
     };
     let cx = snapshot::Context {
@@ -608,12 +609,7 @@ fn start_terminal_ui(
     if cfg.quiet || !crate::term::stderr_is_terminal() {
         return None;
     }
-    let render = report::status_renderer(
-        cfg.interface.clone(),
-        metrics.clone(),
-        dest.clone(),
-        first_file,
-    );
+    let render = report::status_renderer(metrics.clone(), dest.clone(), first_file);
     match crate::term::StatusLine::start(render) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -3,11 +3,11 @@
 //! at exit. All of it is read from the counters in [`CaptureMetrics`] or from the done marker,
 //! never from the packet path.
 //!
-//! Kernel counts: on `lo` the kernel hands every packet to a packet socket twice (outgoing and
-//! incoming; libpcap discards the outgoing copy), so `ps_recv` is twice the packets and `ps_drop`
-//! about twice the loss; tcpdump prints the raw figures ("100 packets captured, 200 received by
-//! filter"). Here, on `lo`, the figures are halved and the raw kernel count is shown beside
-//! them. On `any` only the loopback share is doubled, which cannot be separated out, so the raw
+//! Kernel counts: on a loopback device the kernel hands every packet to a packet socket twice
+//! (outgoing and incoming). tcpdump's libpcap discards the outgoing copy in user space, so its
+//! `ps_recv` is twice the packets ("100 packets captured, 200 received by filter"); sidecap's
+//! kernel filter drops that copy ([`super::loopback`]), so on `lo` the counts are per packet. On
+//! `any` the loopback share is still counted twice, which cannot be separated out, so the raw
 //! figure is shown with that explanation.
 
 use std::fmt::Write as _;
@@ -57,24 +57,10 @@ impl Counts {
     }
 }
 
-/// A kernel count as reported: halved on `lo` (see the module doc).
-fn kernel_estimate(interface: &str, raw: u64) -> u64 {
-    if interface == "lo" {
-        raw.div_ceil(2)
-    } else {
-        raw
-    }
-}
-
-/// One "N packets <what>" line from a kernel count, with the double count explained.
-fn kernel_line(out: &mut String, interface: &str, raw: u64, what: &str) {
-    let n = kernel_estimate(interface, raw);
+/// One "N packets <what>" line from a kernel count, with the double count on `any` explained.
+fn kernel_line(out: &mut String, interface: &str, n: u64, what: &str) {
     let _ = match interface {
-        "lo" if raw > 0 => writeln!(
-            out,
-            "{n} packets {what} (the kernel counted {raw}: on lo it counts every packet twice)"
-        ),
-        "any" if raw > 0 => writeln!(
+        "any" if n > 0 => writeln!(
             out,
             "{n} packets {what} (kernel count: packets on lo are counted twice on any)"
         ),
@@ -212,7 +198,6 @@ pub fn status_text(p: &Progress, width: usize, hl: &str) -> String {
 /// The render function of the status line: reads the counters, computes the rate since the last
 /// draw, and finds the current file again only after a rotation (one directory listing per file).
 pub fn status_renderer(
-    interface: String,
     metrics: Arc<CaptureMetrics>,
     dest: Dest,
     first_file: Option<PathBuf>,
@@ -252,7 +237,7 @@ pub fn status_renderer(
             packets,
             per_second,
             bytes_written: metrics.bytes_written.load(Relaxed),
-            kernel_dropped: kernel_estimate(&interface, metrics.kernel_dropped.load(Relaxed)),
+            kernel_dropped: metrics.kernel_dropped.load(Relaxed),
             disk_dropped: metrics.disk_dropped_packets.load(Relaxed),
             current: current.clone(),
         };
@@ -276,14 +261,14 @@ mod tests {
     }
 
     #[test]
-    fn summary_on_lo_halves_the_kernel_counts_and_says_so() {
+    fn summary_on_lo_gives_the_kernel_counts_as_they_are() {
         let dest = Dest::Dir(Layout::new("/tmp/cap", "capture"));
         let files = Some(final_files(&["capture-1.pcap".into()], 0));
         let s = summary_text("lo", &counts(), &dest, files);
         assert_eq!(
             s,
             "100 packets captured\n\
-             100 packets received by filter (the kernel counted 200: on lo it counts every packet twice)\n\
+             200 packets received by filter\n\
              0 packets dropped by kernel\n\
              100 packets written to /tmp/cap\n\
              0 packets dropped on a full disk\n\

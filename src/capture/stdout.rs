@@ -102,17 +102,17 @@ impl StdoutSink {
         for msg in rx.iter() {
             // Sync (flush tick) means nothing for a pipe: every buffer is written when it
             // arrives, and there is no file to fsync.
-            let (mut buf, packets) = match msg {
-                Msg::Data { buf, packets } => (buf, packets),
+            let (mut buf, packets, head) = match msg {
+                Msg::Data { buf, packets, head } => (buf, packets, head),
                 // The capture thread never rotates a stdout stream (SIGHUP is logged there).
                 Msg::Rotate => continue,
                 Msg::Sync => continue,
             };
             self.metrics
                 .queue_bytes
-                .fetch_sub(buf.len() as u64, Relaxed);
+                .fetch_sub((buf.len() - head) as u64, Relaxed);
             if !self.closed {
-                if let Err(e) = self.write(&buf, packets) {
+                if let Err(e) = self.write(&buf[head..], packets) {
                     if e.kind() == io::ErrorKind::BrokenPipe {
                         self.reader_gone();
                     } else {

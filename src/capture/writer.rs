@@ -1,6 +1,7 @@
 //! The writer thread: takes filled buffers of complete pcap records from the capture thread over
-//! a bounded channel and writes them with one `write` per buffer, so disk stalls never block
-//! packet reads for longer than the queue absorbs. It owns the files: creation with O_EXCL,
+//! a bounded channel and writes each buffer (its aligned middle with O_DIRECT straight from the
+//! buffer, see [`write_direct`] and `--direct-io`), so disk stalls never block packet reads for
+//! longer than the queue absorbs. It owns the files: creation with O_EXCL,
 //! `.part` -> `.pcap` on completion, fsync as `--fsync` says (the flush-tick fdatasync of
 //! `interval` on a small `fsync` thread, so waiting for the disk does not hold up writes), the
 //! ring bound, and disk-full handling.
@@ -23,13 +24,18 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::files::{self, CaptureFile, Layout, Ring, FILE_MODE};
 use super::format::Framing;
-use crate::cli::Fsync;
+use crate::cli::{DirectIo, Fsync};
 use crate::metrics::CaptureMetrics;
 
 /// Messages from the capture thread, in stream order.
 pub enum Msg {
-    /// Complete records to append to the current file.
-    Data { buf: Vec<u8>, packets: u64 },
+    /// Complete records to append to the current file: `buf[head..]`. `buf[..head]` is room
+    /// for the writer (see `Batcher::start_buffer`).
+    Data {
+        buf: Vec<u8>,
+        packets: u64,
+        head: usize,
+    },
     /// Finish the current file and start the next.
     Rotate,
     /// Flush tick: with `--fsync interval`, make what was written durable (fdatasync).
@@ -75,75 +81,16 @@ struct OpenFile {
     /// Bytes known to be in the file, all complete records.
     len: u64,
     dirty: bool,
-    /// The aligned part of each write goes in with O_DIRECT ([`Stage`]).
-    direct: bool,
 }
 
 /// O_DIRECT needs the memory, the file offset and the length aligned to the device's logical
 /// block size: 4096 covers every common one.
-const ALIGN: usize = 4096;
+pub const ALIGN: usize = 4096;
 
-/// The writer's O_DIRECT staging area (`--direct-io`). Buffered writes copy every byte into the
-/// page cache, and on this kind of VM that copy costs 2-8x more when the page cache grows into
-/// memory the guest has not touched lately (docs/benchmarks.md): it was 75-85% of our CPU at
-/// 512-1400 B. With O_DIRECT the device reads our buffer, no page cache is allocated, and what
-/// the Pod's memory cgroup is charged for does not grow with the capture. Not the default: each
-/// write waits for the disk (one in flight), so on a busy disk the queue filled and packets were
-/// lost where the page cache absorbed the same load. The stage holds the file's bytes from
-/// its length rounded down to [`ALIGN`] to its end, in aligned memory; a write appends the new
-/// records, writes the aligned part with O_DIRECT and the unaligned tail (under 4 KiB) through
-/// the page cache, so after every write the file ends at a record boundary exactly as before
-/// (what was written survives a SIGKILL; the next direct write rewrites that last block).
-struct Stage {
-    storage: Vec<u8>,
-    /// Where the aligned region starts in `storage`.
-    start: usize,
-    /// Bytes of the file in the stage.
-    used: usize,
-}
-
-impl Stage {
-    fn new(capacity: usize) -> Stage {
-        let storage = vec![0u8; capacity + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Stage {
-            storage,
-            start,
-            used: 0,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.used]
-    }
-
-    fn append(&mut self, data: &[u8]) {
-        if self.start + self.used + data.len() > self.storage.len() {
-            let mut bigger = Stage::new((self.used + data.len()).next_power_of_two());
-            bigger.append(self.bytes());
-            *self = bigger;
-        }
-        let at = self.start + self.used;
-        self.storage[at..at + data.len()].copy_from_slice(data);
-        self.used += data.len();
-    }
-
-    /// Forgets the first `n` bytes (written to their final place), keeping the rest at the
-    /// aligned start.
-    fn consume(&mut self, n: usize) {
-        let from = self.start + n;
-        self.storage
-            .copy_within(from..self.start + self.used, self.start);
-        self.used -= n;
-    }
-
-    /// The file was (re)started with `header`: the stage mirrors its bytes.
-    fn reset(&mut self, header: &[u8]) {
-        self.used = 0;
-        let keep = header.len() - header.len() / ALIGN * ALIGN;
-        self.append(&header[header.len() - keep..]);
-    }
-}
+/// How many buffers may wait behind a direct write before the next one goes through the page
+/// cache instead (`--direct-io auto`): a direct write waits for the disk, the page cache does
+/// not, so a disk that falls behind for a moment costs a few buffered writes, not packets.
+const DIRECT_BACKLOG: usize = 4;
 
 /// Sets or clears O_DIRECT on the file (the tail and every other write stay buffered).
 fn set_direct(file: &File, on: bool) -> nix::Result<()> {
@@ -155,42 +102,47 @@ fn set_direct(file: &File, on: bool) -> nix::Result<()> {
     fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
 }
 
-/// Appends `data` at `len` (the end of the last complete record): the aligned part with O_DIRECT
-/// from the stage, the tail buffered. On an error the stage is as before and the caller cuts
-/// the file back to `len`. Err(None) = O_DIRECT refused (EINVAL): write this buffered instead.
-fn write_direct(
-    file: &File,
-    stage: &mut Stage,
-    len: u64,
-    data: &[u8],
-) -> Result<(), Option<io::Error>> {
-    let base = len / ALIGN as u64 * ALIGN as u64;
-    debug_assert_eq!(stage.used as u64, len - base);
-    stage.append(data);
-    let end = len + data.len() as u64;
-    let aligned = (end / ALIGN as u64 * ALIGN as u64 - base) as usize;
-    let result = (|| {
-        if aligned > 0 {
-            set_direct(file, true).map_err(|_| None)?;
-            let r = file.write_all_at(&stage.bytes()[..aligned], base);
-            let _ = set_direct(file, false);
-            match r {
-                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Err(None),
-                r => r.map_err(Some)?,
-            }
-        }
-        let tail = &stage.bytes()[aligned..];
-        if !tail.is_empty() {
-            file.write_all_at(tail, base + aligned as u64)
-                .map_err(Some)?;
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => stage.consume(aligned),
-        Err(_) => stage.used = (len - base) as usize,
+/// Where records bound for file offset `file_len` start in `buf` (whose capacity must have
+/// 8 KiB to spare) so that they sit at the same offset from a 4 KiB boundary in memory as in
+/// the file, which lets [`write_direct`] take them straight from `buf`.
+pub fn aligned_head(buf: &[u8], file_len: u64) -> usize {
+    let lead = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+    lead + (file_len % ALIGN as u64) as usize
+}
+
+/// Appends `data` at `len` (the end of the last complete record) when `data` sits in memory
+/// at the same offset from a 4 KiB boundary as `len` does in the file, which the capture
+/// thread arranges (see `Batcher::start_buffer`): the rest of the file's last, partly written
+/// block and the unaligned tail (each under 4 KiB) go through the page cache, everything
+/// between with O_DIRECT straight from `data`, no copy and no page cache. The direct part never
+/// touches a block the page cache holds, so it does not wait for one to be written back first,
+/// and after every write the file ends at a record boundary exactly as with buffered writes
+/// (what was written survives a SIGKILL). Ok(false) = not in step (written as nothing; the
+/// caller writes buffered). Err(None) = O_DIRECT refused (EINVAL): the caller cuts the file
+/// back to `len` and writes buffered. On another error the caller cuts the file back to `len`.
+fn write_direct(file: &File, len: u64, data: &[u8]) -> Result<bool, Option<io::Error>> {
+    let first = (ALIGN - (len % ALIGN as u64) as usize) % ALIGN;
+    if !(data.as_ptr() as usize + first).is_multiple_of(ALIGN) || data.len() < first + ALIGN {
+        return Ok(false);
     }
-    result
+    let mid = (data.len() - first) / ALIGN * ALIGN;
+    let (head, rest) = data.split_at(first);
+    let (mid_part, tail) = rest.split_at(mid);
+    if !head.is_empty() {
+        file.write_all_at(head, len).map_err(Some)?;
+    }
+    set_direct(file, true).map_err(|_| None)?;
+    let r = file.write_all_at(mid_part, len + first as u64);
+    let _ = set_direct(file, false);
+    match r {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Err(None),
+        r => r.map_err(Some)?,
+    }
+    if !tail.is_empty() {
+        file.write_all_at(tail, len + (first + mid) as u64)
+            .map_err(Some)?;
+    }
+    Ok(true)
 }
 
 pub struct Writer {
@@ -208,8 +160,10 @@ pub struct Writer {
     /// Flush ticks hand the current file to the `fsync` thread, so the
     /// writer keeps writing into the page cache while the disk catches up; None until `run`.
     sync_tx: Option<Sender<(Arc<File>, PathBuf)>>,
-    /// O_DIRECT staging ([`Stage`]); None once the file system refused O_DIRECT.
-    stage: Option<Stage>,
+    /// `--direct-io`; `Never` once the file system refused O_DIRECT.
+    direct: DirectIo,
+    /// Buffers waiting in the queue behind the one being written.
+    backlog: usize,
 }
 
 /// A disk-full episode ends only after writing has gone on this long without a drop. A nearly
@@ -237,7 +191,7 @@ impl Writer {
         layout: Layout,
         framing: Framing,
         ring: Ring,
-        (fsync, direct_io): (Fsync, bool),
+        (fsync, direct): (Fsync, DirectIo),
         metrics: Arc<CaptureMetrics>,
     ) -> Result<Writer, WriteError> {
         let existing: Vec<CaptureFile> = layout.list().map_err(|source| WriteError::Create {
@@ -255,7 +209,8 @@ impl Writer {
             summary: WriterSummary::default(),
             full_episode: None,
             sync_tx: None,
-            stage: direct_io.then(|| Stage::new(super::config::BUF_SIZE + ALIGN)),
+            direct,
+            backlog: 0,
         };
         w.layout.remove_stale_temporaries();
         if !existing.is_empty() {
@@ -303,11 +258,16 @@ impl Writer {
         let result = (|| -> Result<(), WriteError> {
             for msg in rx.iter() {
                 match msg {
-                    Msg::Data { mut buf, packets } => {
+                    Msg::Data {
+                        mut buf,
+                        packets,
+                        head,
+                    } => {
                         self.metrics
                             .queue_bytes
-                            .fetch_sub(buf.len() as u64, Relaxed);
-                        self.write_framed(&buf, packets)?;
+                            .fetch_sub((buf.len() - head) as u64, Relaxed);
+                        self.backlog = rx.len();
+                        self.write_framed(&buf, head, packets)?;
                         buf.clear();
                         let _ = free.try_send(buf);
                     }
@@ -342,7 +302,8 @@ impl Writer {
         self.summary
     }
 
-    fn write(&mut self, buf: &[u8], packets: u64) -> Result<(), WriteError> {
+    /// Appends the records `buf[head..]`; `buf[..head]` is room the direct path may use.
+    fn write(&mut self, buf: &[u8], head: usize, packets: u64) -> Result<(), WriteError> {
         if self.current.is_none() {
             // The previous open failed on a full disk; try again now.
             if let Err(e) = self.open_next() {
@@ -353,7 +314,7 @@ impl Writer {
                 return Err(e);
             }
         }
-        let n = buf.len() as u64;
+        let n = (buf.len() - head) as u64;
         self.enforce_bound(0, n);
         if let Some(max) = self.ring.max_total {
             let cur = self.current.as_ref().map_or(0, |c| c.len);
@@ -370,21 +331,24 @@ impl Writer {
         // Positioned write at the end of the last complete record, never at the file offset: a
         // short write on a full disk moves the offset past what the truncation below keeps, and
         // writing there later left a zero-filled hole (bogus zero-length records stamped 1970).
-        let written = match self.stage.as_mut().filter(|_| cur.direct) {
-            Some(stage) => match write_direct(&cur.file, stage, cur.len, buf) {
-                Ok(()) => Ok(()),
-                Err(Some(e)) => Err(e),
-                Err(None) => {
-                    // The file system does not do O_DIRECT (or not with this alignment).
-                    tracing::debug!(file = %cur.path.display(), "O_DIRECT refused; writing through the page cache.");
-                    self.stage = None;
-                    cur.direct = false;
-                    cur.file
-                        .set_len(cur.len)
-                        .and_then(|_| cur.file.write_all_at(buf, cur.len))
-                }
-            },
-            None => cur.file.write_all_at(buf, cur.len),
+        let data = &buf[head..];
+        let direct = match self.direct {
+            DirectIo::Never => false,
+            DirectIo::Auto => self.backlog < DIRECT_BACKLOG,
+            DirectIo::Always => true,
+        };
+        let written = match direct.then(|| write_direct(&cur.file, cur.len, data)) {
+            Some(Ok(true)) => Ok(()),
+            Some(Err(Some(e))) => Err(e),
+            Some(Err(None)) => {
+                // The file system does not do O_DIRECT (or not with this alignment).
+                tracing::debug!(file = %cur.path.display(), "O_DIRECT refused; writing through the page cache.");
+                self.direct = DirectIo::Never;
+                cur.file
+                    .set_len(cur.len)
+                    .and_then(|_| cur.file.write_all_at(data, cur.len))
+            }
+            Some(Ok(false)) | None => cur.file.write_all_at(data, cur.len),
         };
         match written {
             Ok(()) => {
@@ -420,22 +384,22 @@ impl Writer {
 
     /// [`Writer::write`], keeping the in-band blocks of a buffer it could not write (see
     /// [`Framing::dropped`]) and writing them before the next one.
-    fn write_framed(&mut self, buf: &[u8], packets: u64) -> Result<(), WriteError> {
+    fn write_framed(&mut self, buf: &[u8], head: usize, packets: u64) -> Result<(), WriteError> {
         if let Some(kept) = self.framing.take_salvage() {
             let before = self.summary.bytes_written;
-            self.write(&kept, 0)?;
+            self.write(&kept, 0, 0)?;
             if self.summary.bytes_written == before {
                 // Still no room: packets after them would refer to what is missing.
                 self.framing.dropped(&kept);
-                self.framing.dropped(buf);
+                self.framing.dropped(&buf[head..]);
                 self.dropped(packets, "disk full");
                 return Ok(());
             }
         }
         let before = self.summary.bytes_written;
-        self.write(buf, packets)?;
-        if self.summary.bytes_written == before && !buf.is_empty() {
-            self.framing.dropped(buf);
+        self.write(buf, head, packets)?;
+        if self.summary.bytes_written == before && buf.len() > head {
+            self.framing.dropped(&buf[head..]);
         }
         Ok(())
     }
@@ -540,15 +504,11 @@ impl Writer {
         })?;
         self.next_seq += 1;
         tracing::debug!(file = %name, "Started a new file.");
-        if let Some(stage) = self.stage.as_mut() {
-            stage.reset(&header);
-        }
         self.current = Some(OpenFile {
             file: Arc::new(file),
             path,
             len: header.len() as u64,
             dirty: true,
-            direct: self.stage.is_some(),
         });
         Ok(())
     }
@@ -648,5 +608,95 @@ fn is_disk_full_err(e: &WriteError) -> bool {
         WriteError::Create { source, .. }
         | WriteError::Write { source, .. }
         | WriteError::Finish { source, .. } => is_disk_full(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pcapfile;
+
+    /// `n` buffers of 1 MiB of records laid out as the capture thread lays them out, all
+    /// queued before the writer starts (so the first ones have the rest waiting behind them),
+    /// written with `mode`: the file's bytes and how much of it the page cache holds.
+    fn write_queued(mode: DirectIo, n: usize) -> (Vec<u8>, Vec<u8>, u64) {
+        let dir =
+            std::env::temp_dir().join(format!("sidecap-writer-{mode:?}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let header = pcapfile::file_header(1, 65535, false);
+        let w = Writer::create(
+            Layout::new(&dir, "t"),
+            Framing::Pcap(header),
+            Ring::new(None, None),
+            (Fsync::None, mode),
+            Arc::new(CaptureMetrics::default()),
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (free, _free_rx) = crossbeam_channel::unbounded();
+        let mut expected = header.to_vec();
+        let mut file_len = header.len() as u64;
+        for i in 0..n {
+            let mut buf = Vec::with_capacity(super::super::config::BUF_SIZE + 2 * ALIGN);
+            let head = aligned_head(&buf, file_len);
+            buf.resize(head, 0);
+            let data = [i as u8; 1000];
+            while buf.len() - head + 1016 <= super::super::config::BUF_SIZE {
+                pcapfile::push_record(&mut buf, i as u32, 0, 1000, 1000, &data);
+            }
+            expected.extend_from_slice(&buf[head..]);
+            file_len += (buf.len() - head) as u64;
+            tx.send(Msg::Data {
+                buf,
+                packets: 1,
+                head,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let summary = w.run(rx, free);
+        assert!(summary.error.is_none(), "{:?}", summary.error);
+        let path = dir.join(&summary.files[0]);
+        let resident = String::from_utf8(
+            std::process::Command::new("fincore")
+                .args(["--bytes", "--noheadings", "--output", "RES"])
+                .arg(&path)
+                .output()
+                .expect("fincore (util-linux-extra)")
+                .stdout,
+        )
+        .unwrap();
+        let written = fs::read(&path).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        (written, expected, resident.trim().parse().unwrap())
+    }
+
+    /// `auto` writes a buffer through the page cache while DIRECT_BACKLOG others wait behind
+    /// it (the page cache does not wait for the disk), and the rest with O_DIRECT; `always` and
+    /// `never` do what they say. The bytes are the same every way. Needs a file system that
+    /// takes O_DIRECT in the temporary directory (ext4, xfs, btrfs; tmpfs holds everything).
+    #[test]
+    fn auto_goes_through_the_page_cache_only_while_buffers_queue_up() {
+        const MIB: u64 = 1 << 20;
+        let n = DIRECT_BACKLOG + 4;
+        let (got, want, always) = write_queued(DirectIo::Always, n);
+        assert!(got == want, "always: the file differs from what was sent");
+        assert!(always < MIB / 8, "always: {always} bytes in the page cache");
+        let (got, want, never) = write_queued(DirectIo::Never, n);
+        assert!(got == want, "never: the file differs");
+        assert!(
+            never >= n as u64 * MIB - MIB / 8,
+            "never: only {never} bytes cached"
+        );
+        let (got, want, auto) = write_queued(DirectIo::Auto, n);
+        assert!(got == want, "auto: the file differs");
+        // The first buffers had n-1, n-2, ... waiting: those with DIRECT_BACKLOG or more
+        // behind them went through the page cache, the last DIRECT_BACKLOG did not.
+        let buffered = (n - DIRECT_BACKLOG) as u64;
+        assert!(
+            (buffered * MIB - MIB / 8..buffered * MIB + MIB / 4).contains(&auto),
+            "auto: {auto} bytes cached, expected about {buffered} MiB"
+        );
     }
 }

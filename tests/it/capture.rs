@@ -1267,7 +1267,7 @@ fn direct_io_writes_bypass_the_page_cache() {
     let dir = tempdir();
     let port = unique_port();
     let mut cmd = capture_cmd(dir.path(), "lo");
-    cmd.args(["--direct-io", &filter(port)]);
+    cmd.args(["--direct-io", "always", &filter(port)]);
     let (p, _addr) = start_capture(&mut cmd);
     // ~6 MB of records: six full write buffers and a partial one.
     send_udp(port, 4000, 1400);
