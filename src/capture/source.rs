@@ -570,6 +570,7 @@ pub fn run_loop<F: Records>(
     let started = Instant::now();
     let stop_at = cfg.duration.map(|d| started + d);
     let mut next_flush = started + cfg.flush_interval;
+    let mut last_read = started;
     let mut hups = shutdown.hups();
     let mut total: u64 = 0;
     let reason;
@@ -597,6 +598,7 @@ pub fn run_loop<F: Records>(
             b.poll_keylog();
         }
         total += n as u64;
+        let read = b.bytes + n as u64 * RING_FRAME_OVERHEAD;
         b.publish();
         let now = Instant::now();
         if let Some((why, err)) = limit_reached(&b, cfg, total, stop_at, now) {
@@ -610,10 +612,18 @@ pub fn run_loop<F: Records>(
             stats.refresh(&mut src.cap, &metrics);
             next_flush = now + cfg.flush_interval;
         }
-        if n > 0 {
+        if n > 0 && limit.is_some() {
+            continue; // --count may have stopped the read with blocks still waiting
+        }
+        if let Some(nap) = flood_nap(n, read, now.duration_since(last_read), cfg.buffer_size) {
+            last_read = now;
+            std::thread::sleep(nap);
             continue;
         }
-        // The ring is read empty: the kernel's count now dates the packets it holds for us,
+        last_read = now;
+        // The ring is read empty (an unlimited pcap_dispatch reads every block the kernel has
+        // handed over, so calling it again would only cost libpcap's zero-timeout poll(2); ours
+        // below returns at once if a block came meanwhile): the kernel's count now dates the packets it holds for us,
         // which lets a stop skip the retire wait (see Stats::all_visible_at).
         stats.refresh_if_stale(&mut src.cap, &metrics);
         // Nothing to read: sleep until data, a signal, or the next timer.
@@ -629,6 +639,33 @@ pub fn run_loop<F: Records>(
     }
 
     Ok(finish(src, b, stats, cfg, &metrics, (reason, error), total))
+}
+
+/// What a packet takes in the kernel's ring besides its bytes (TPACKET_V3 header, link-layer
+/// address, alignment), for [`flood_nap`]'s estimate of how fast the ring fills.
+const RING_FRAME_OVERHEAD: u64 = 80;
+/// A read of at least this many packets means a flood (a block retired by its timer holds
+/// fewer unless 12 800 packets a second arrive).
+const FLOOD_PACKETS: usize = 128;
+/// The longest nap: the retire timeout, so a nap adds no more latency than a quiet link has.
+const FLOOD_NAP_MAX: Duration = Duration::from_millis(BLOCK_TIMEOUT_MS as u64);
+
+/// During a flood, how long to sleep before reading again instead of waiting in poll(2): each
+/// poll of a packet socket takes the lock the kernel takes for every packet it puts in the ring,
+/// and on a 2-core VM with the sender on the other core that contended lock was a quarter of the
+/// capture thread's time at 64 B (`perf`: `packet_poll` -> `__pv_queued_spin_lock_slowpath`).
+/// Napping until several blocks are full reads them in one pcap_dispatch with no poll at all.
+/// The nap is bounded by the time the ring takes to fill an eighth of itself at the rate just
+/// seen (a small `--buffer-size` gets short naps, and none below 1 ms) and by
+/// [`FLOOD_NAP_MAX`]. None: not a flood, or too fast for a nap; wait in poll as usual.
+fn flood_nap(n: usize, read_bytes: u64, since_last: Duration, ring: u64) -> Option<Duration> {
+    if n < FLOOD_PACKETS || since_last.is_zero() {
+        return None;
+    }
+    let per_sec = read_bytes as f64 / since_last.as_secs_f64();
+    let eighth = Duration::from_secs_f64(ring as f64 / 8.0 / per_sec);
+    let nap = eighth.min(FLOOD_NAP_MAX);
+    (nap >= Duration::from_millis(1)).then_some(nap)
 }
 
 /// Why the loop must end after a read, other than a signal: the writer stopped, `--count` or
@@ -742,5 +779,31 @@ fn finish<F: Records>(
         error,
         kernel,
         packets_captured: total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_naps_for_an_eighth_of_the_ring_at_most_the_retire_timeout() {
+        let ms = Duration::from_millis;
+        // A trickle (a block retired by its timer) is not a flood.
+        assert_eq!(
+            flood_nap(FLOOD_PACKETS - 1, 1 << 20, ms(10), 32 << 20),
+            None
+        );
+        // 300 000 x 64 B a second (~43 MB/s into the ring): 32 MiB / 8 takes ~97 ms, so the
+        // retire timeout bounds it.
+        let n = 1600;
+        let read = n as u64 * (64 + 42 + RING_FRAME_OVERHEAD);
+        let since = Duration::from_secs_f64(n as f64 / 300_000.0);
+        assert_eq!(flood_nap(n, read, since, 32 << 20), Some(FLOOD_NAP_MAX));
+        // The same rate into a 1 MiB ring: an eighth fills in ~3 ms.
+        let nap = flood_nap(n, read, since, 1 << 20).unwrap();
+        assert!(nap > ms(2) && nap < ms(4), "{nap:?}");
+        // 400 MB/s into a 1 MiB ring: under a millisecond, so poll as usual.
+        assert_eq!(flood_nap(300, 400_000, ms(1), 1 << 20), None);
     }
 }
