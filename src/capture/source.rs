@@ -561,16 +561,19 @@ pub fn run_loop<F: Records>(
     metrics: Arc<CaptureMetrics>,
     shutdown: &Shutdown,
 ) -> Result<LoopEnd, CaptureError> {
-    let mut waker = shutdown
-        .waker(true)
-        .map_err(|e| CaptureError::Io(format!("wake-up socket: {e}")))?;
+    let mut pacer = Pacer {
+        waker: shutdown
+            .waker(true)
+            .map_err(|e| CaptureError::Io(format!("wake-up socket: {e}")))?,
+        last_read: Instant::now(),
+        ring: cfg.buffer_size,
+    };
     let mut b = Batcher::new(cfg, out, tx, free, metrics.clone());
     let mut stats = Stats::default();
     stats.refresh(&mut src.cap, &metrics);
     let started = Instant::now();
     let stop_at = cfg.duration.map(|d| started + d);
     let mut next_flush = started + cfg.flush_interval;
-    let mut last_read = started;
     let mut hups = shutdown.hups();
     let mut total: u64 = 0;
     let reason;
@@ -615,23 +618,11 @@ pub fn run_loop<F: Records>(
         if n > 0 && limit.is_some() {
             continue; // --count may have stopped the read with blocks still waiting
         }
-        if let Some(nap) = flood_nap(n, read, now.duration_since(last_read), cfg.buffer_size) {
-            last_read = now;
-            std::thread::sleep(nap);
-            continue;
-        }
-        last_read = now;
-        // The ring is read empty (an unlimited pcap_dispatch reads every block the kernel has
-        // handed over, so calling it again would only cost libpcap's zero-timeout poll(2); ours
-        // below returns at once if a block came meanwhile): the kernel's count now dates the packets it holds for us,
-        // which lets a stop skip the retire wait (see Stats::all_visible_at).
-        stats.refresh_if_stale(&mut src.cap, &metrics);
-        // Nothing to read: sleep until data, a signal, or the next timer.
         let wake = [stop_at, b.policy.deadline(b.file_opened)]
             .into_iter()
             .flatten()
             .fold(next_flush, Instant::min);
-        if let Err(e) = sleep_until(&src, &mut waker, wake, now) {
+        if let Err(e) = pacer.wait(&mut src, &mut stats, &metrics, (n, read), wake) {
             error = Some(format!("poll failed: {e}"));
             reason = "capture error".into();
             break;
@@ -639,6 +630,41 @@ pub fn run_loop<F: Records>(
     }
 
     Ok(finish(src, b, stats, cfg, &metrics, (reason, error), total))
+}
+
+/// How the capture loop waits between reads.
+struct Pacer {
+    waker: std::os::unix::net::UnixStream,
+    /// When the last read returned.
+    last_read: Instant,
+    /// `--buffer-size`: the kernel ring's bytes.
+    ring: u64,
+}
+
+impl Pacer {
+    /// After a read of `n` packets (`read` bytes in the ring) that left the ring empty (an
+    /// unlimited pcap_dispatch reads every block the kernel has handed over, so calling it
+    /// again would only cost libpcap's zero-timeout poll(2)): during a flood a nap
+    /// ([`flood_nap`]), which a stop ends; otherwise wait in poll(2) for a block, a signal or
+    /// `wake`. The kernel's count, read here, now dates the packets it holds for us, which lets
+    /// a stop skip the retire wait (see [`Stats::all_visible_at`]).
+    fn wait(
+        &mut self,
+        src: &mut Source,
+        stats: &mut Stats,
+        metrics: &CaptureMetrics,
+        (n, read): (usize, u64),
+        wake: Instant,
+    ) -> Result<(), nix::errno::Errno> {
+        let now = Instant::now();
+        let since = now.duration_since(std::mem::replace(&mut self.last_read, now));
+        if let Some(nap) = flood_nap(n, read, since, self.ring) {
+            // Not on the ring's fd: that poll is what the nap avoids.
+            return sleep_until(src, &mut self.waker, now + nap, now, false);
+        }
+        stats.refresh_if_stale(&mut src.cap, metrics);
+        sleep_until(src, &mut self.waker, wake, now, true)
+    }
 }
 
 /// What a packet takes in the kernel's ring besides its bytes (TPACKET_V3 header, link-layer
@@ -713,23 +739,25 @@ fn rotate_when_due<F: Records>(
     }
 }
 
-/// Sleeps until the handle has data, the waker fires (a signal), or `wake`.
+/// Sleeps until the waker fires (a signal), `wake`, or, with `ring`, the handle has data.
 fn sleep_until(
     src: &Source,
     waker: &mut std::os::unix::net::UnixStream,
     wake: Instant,
     now: Instant,
+    ring: bool,
 ) -> Result<(), nix::errno::Errno> {
     let ms = wake
         .saturating_duration_since(now)
         .as_millis()
         .clamp(1, 1000) as u16;
     let mut fds = [
-        PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
         PollFd::new(waker.as_fd(), PollFlags::POLLIN),
+        PollFd::new(src.cap.as_fd(), PollFlags::POLLIN),
     ];
-    let polled = nix::poll::poll(&mut fds, PollTimeout::from(ms));
-    let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+    let watched = if ring { &mut fds[..] } else { &mut fds[..1] };
+    let polled = nix::poll::poll(watched, PollTimeout::from(ms));
+    let woken = fds[0].revents().is_some_and(|r| !r.is_empty());
     match polled {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}
         Err(e) => return Err(e),
