@@ -325,7 +325,10 @@ fn capture(
 ) -> Result<(source::LoopEnd, writer::WriterSummary), CaptureError> {
     let linktype = src.linktype;
     let framing = format::Framing::new(cfg, linktype);
-    let overhead = framing.overhead();
+    let overhead = (
+        framing.overhead(),
+        framing.overhead() - framing.header_len(),
+    );
     let pins = Arc::new(crate::snapshot::PinSet::default());
     let writer = open_sink(cfg, dest, framing, metrics, shutdown, &pins)?;
     drop_capabilities_after_open(dest.dir())?;
@@ -374,7 +377,7 @@ fn capture(
 fn spawn_capture(
     src: source::Source,
     cfg: &CaptureConfig,
-    overhead: u64,
+    (overhead, trailer): (u64, u64),
     tx: crossbeam_channel::Sender<writer::Msg>,
     free_rx: crossbeam_channel::Receiver<Vec<u8>>,
     metrics: &Arc<CaptureMetrics>,
@@ -389,6 +392,7 @@ fn spawn_capture(
                 let out = source::Output {
                     records: format::PcapRecords,
                     overhead,
+                    trailer,
                     keylog: None,
                 };
                 source::run_loop(src, &cfg, out, tx, free_rx, metrics, &shutdown)
@@ -397,6 +401,7 @@ fn spawn_capture(
                 let out = source::Output {
                     records: format::PcapngRecords::new(&cfg, linktype),
                     overhead,
+                    trailer,
                     keylog: cfg
                         .tls_keylog
                         .clone()

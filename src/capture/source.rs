@@ -258,6 +258,8 @@ pub struct Output<F: Records> {
     pub records: F,
     /// Header and trailer bytes of a file (see [`super::format::Framing::overhead`]).
     pub overhead: u64,
+    /// Of which the trailer (pcapng's statistics block), written at the end of the file.
+    pub trailer: u64,
     pub keylog: Option<Keylog>,
 }
 
@@ -325,9 +327,11 @@ impl<F: Records> Batcher<F> {
     /// they will have in the file, so that the writer can hand the aligned middle of the
     /// buffer to the device with O_DIRECT straight from here (`writer::write_direct`): the
     /// records are copied once, from the kernel's ring into this buffer, and never again in
-    /// user space. Costs under 4 KiB of room per 1 MiB buffer.
+    /// user space. Costs under 8 KiB of room per 1 MiB buffer. (`file_len` counts the trailer
+    /// from the start, for size rotation; the records go before it.)
     fn start_buffer(&mut self) {
-        self.head = super::writer::aligned_head(&self.buf, self.file_len);
+        let at = self.file_len - self.out.trailer;
+        self.head = super::writer::aligned_head(&self.buf, at);
         self.buf.clear();
         self.buf.resize(self.head, 0);
     }
