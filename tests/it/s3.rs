@@ -446,22 +446,35 @@ fn s3_reset_mid_part_resends_only_that_part() {
     assert!(g.multipart_uploads().is_empty());
 }
 
+/// An 11 MiB file `name` in `dir`, uploaded in 5 MiB parts through a proxy that forwards the
+/// CompleteMultipartUpload and drops the store's answer (setting `lost` when it has): the
+/// store completes the upload, and the uploader's retry of the Complete finds it gone
+/// (NoSuchUpload). The proxy, and the upload command to run.
+fn lost_complete_upload(
+    g: &Garage,
+    dir: &Path,
+    name: &str,
+    lost: Arc<AtomicBool>,
+) -> (Proxy, Command) {
+    big_pcap(&dir.join(name), 11);
+    let p = Proxy::start(ProxyCfg {
+        target: g.port(),
+        lose_complete_answer: true,
+        answer_lost: lost,
+        ..ProxyCfg::default()
+    });
+    let mut cmd = s3_upload(g, dir, "s3://caps/{file}", &p.endpoint(), "30s");
+    cmd.args(["--s3-part-size", "5MiB"]);
+    (p, cmd)
+}
+
 #[test]
 fn s3_lost_complete_answer_is_confirmed_by_head_object_not_rejected() {
     require_root();
     let g = Garage::start();
     let dir = tempdir();
     let name = "capture-20261122T154101Z-000001.pcap";
-    big_pcap(&dir.path().join(name), 11);
-    // The store completes the upload; its answer never reaches the uploader, whose retry of
-    // the Complete then finds the upload gone (NoSuchUpload).
-    let p = Proxy::start(ProxyCfg {
-        target: g.port(),
-        lose_complete_answer: true,
-        ..ProxyCfg::default()
-    });
-    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
-    cmd.args(["--s3-part-size", "5MiB"]);
+    let (_p, mut cmd) = lost_complete_upload(&g, dir.path(), name, Arc::default());
     let (code, _, log) = run(&mut cmd, Duration::from_secs(40));
     assert!(
         log.contains("retrying"),
@@ -504,16 +517,8 @@ fn s3_lost_complete_answer_then_object_deleted_stays_rejected() {
     let g = Garage::start();
     let dir = tempdir();
     let name = "capture-20261122T154101Z-000001.pcap";
-    big_pcap(&dir.path().join(name), 11);
     let lost = Arc::new(AtomicBool::new(false));
-    let p = Proxy::start(ProxyCfg {
-        target: g.port(),
-        lose_complete_answer: true,
-        answer_lost: lost.clone(),
-        ..ProxyCfg::default()
-    });
-    let mut cmd = s3_upload(&g, dir.path(), "s3://caps/{file}", &p.endpoint(), "30s");
-    cmd.args(["--s3-part-size", "5MiB"]);
+    let (_p, mut cmd) = lost_complete_upload(&g, dir.path(), name, lost.clone());
     let mut up = Proc::spawn(&mut cmd);
     // Between the lost answer and the retry (a backoff of 1.6 s or more after 5 attempts),
     // the completed object is deleted: the retry's NoSuchUpload is then no success.
